@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from tiny_magicvideo.config import DataConfig
+from tiny_magicvideo.data import BACKGROUND, COLOURS, MOTIONS, SHAPES, sample_clip
+from tiny_magicvideo.metrics import UNKNOWN, agreement, attribute_matches, detect, read_motion
+
+
+def _agreement_on(config: DataConfig, num_clips: int) -> dict:
+    clips = [sample_clip(config, "train", i) for i in range(num_clips)]
+    detections = [detect(frames) for frames, _, _ in clips]
+    return agreement(detections, [attributes["objects"][0] for _, _, attributes in clips])
+
+
+@pytest.mark.slow
+def test_detector_reads_at_least_99_percent_of_1000_clips():
+    scores = _agreement_on(DataConfig(image_size=64, num_frames=16), 1000)
+    for attribute in ("colour", "shape", "direction", "speed"):
+        assert scores[attribute] >= 0.99, scores
+
+
+def test_detector_reads_every_shape_colour_and_motion_at_every_size():
+    config = DataConfig(shapes=SHAPES, colours=tuple(COLOURS), motions=tuple(MOTIONS),
+                        num_frames=8, size_range=(0.05, 0.14), speed_range=(1.0, 3.0))
+    scores = _agreement_on(config, 300)
+    assert all(score >= 0.99 for score in scores.values()), scores
+
+
+def test_detector_reads_colour_and_shape_from_a_single_image():
+    frames, _, attributes = sample_clip(DataConfig(), "train", 4)
+    detection = detect(frames[0])
+    truth = attributes["objects"][0]
+    assert (detection.colour, detection.shape) == (truth["colour"], truth["shape"])
+    assert detection.direction == UNKNOWN and detection.reason == ""
+
+
+def _draw(coverage_of, colour=(230, 30, 30), num_frames=8):
+    """Frames of a hand-made object: coverage_of(x, y) relative to a centre moving right."""
+    ys, xs = np.indices((64, 64)) + 0.5
+    frames = []
+    for t in range(num_frames):
+        coverage = np.clip(coverage_of(xs - 20 - 2 * t, ys - 32), 0, 1)[..., None]
+        frames.append(coverage * np.array(colour) + (1 - coverage) * np.array(BACKGROUND))
+    return np.round(np.stack(frames)).astype(np.uint8)
+
+
+def _disc(x, y):
+    return 0.5 - (np.hypot(x, y) - 6)
+
+
+def test_hand_made_disc_is_read_exactly():
+    detection = detect(_draw(_disc))
+    assert (detection.colour, detection.shape, detection.direction) == ("red", "circle", "right")
+    assert detection.speed == pytest.approx(2.0, abs=0.01)
+    assert np.allclose(detection.centres[:, 1], 32, atol=0.01)
+
+
+def test_empty_clip_is_unknown_with_a_reason():
+    empty = np.broadcast_to(np.array(BACKGROUND, np.uint8), (8, 64, 64, 3)).copy()
+    detection = detect(empty)
+    assert detection.reason == "no object" and detection.num_objects == 0
+    assert (detection.colour, detection.shape, detection.direction) == (UNKNOWN,) * 3
+
+
+def test_two_objects_are_unknown_not_a_guess():
+    for index in range(20):
+        frames, _, attributes = sample_clip(DataConfig(two_objects_prob=1.0), "train", index)
+        detection = detect(frames)
+        assert detection.num_objects == 2 and "several objects" in detection.reason
+        assert (detection.colour, detection.shape, detection.direction) == (UNKNOWN,) * 3
+
+
+def test_noise_and_vanishing_objects_are_unknown():
+    noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    assert "no distinct object" in detect(noise).reason
+    frames = _draw(_disc)
+    frames[3] = BACKGROUND
+    detection = detect(frames)
+    assert "missing in 1 of 8 frames" in detection.reason and detection.shape == UNKNOWN
+
+
+@pytest.mark.parametrize("name, coverage_of", [
+    ("ellipse", lambda x, y: 0.5 - (np.hypot(x / 2, y) - 5) * 1.5),
+    ("ring", lambda x, y: 2.0 - np.abs(np.hypot(x, y) - 7)),
+    ("bar", lambda x, y: ((abs(x) < 10) & (abs(y) < 1.5)).astype(float)),
+    ("cross", lambda x, y: (((abs(x) < 8) & (abs(y) < 2)) | ((abs(x) < 2) & (abs(y) < 8))).astype(float)),
+])
+def test_shapes_outside_the_vocabulary_are_unknown(name, coverage_of):
+    detection = detect(_draw(coverage_of))
+    assert detection.shape == UNKNOWN and "shape" in detection.reason
+    assert detection.colour == "red"  # what can be read still is
+
+
+def test_grey_and_dark_objects_have_unknown_colour():
+    assert detect(_draw(_disc, colour=(128, 128, 128))).colour == UNKNOWN
+    assert detect(_draw(_disc, colour=(70, 10, 10))).colour == UNKNOWN
+
+
+def test_motion_from_trajectories():
+    t = np.arange(10.0)[:, None]
+    assert read_motion(np.hstack([30 - 1.5 * t, 20 + 0 * t]))[0] == "left"
+    direction, speed = read_motion(np.hstack([10 + t, 50 - t]))
+    assert direction == "up-right" and speed == pytest.approx(np.sqrt(2))
+    assert read_motion(np.hstack([30 + 0.05 * t, 30 + 0 * t]))[0] == "static"
+    jumping = np.random.default_rng(0).uniform(10, 50, (10, 2))
+    assert read_motion(jumping) == (UNKNOWN, None)
+
+
+def test_attribute_matches_counts_speed_within_tolerance():
+    frames, _, attributes = sample_clip(DataConfig(), "train", 2)
+    truth = attributes["objects"][0]
+    detection = detect(frames)
+    assert attribute_matches(detection, truth)["all"]
+    detection.speed = truth["speed"] + 0.5
+    assert attribute_matches(detection, truth) == {
+        "colour": True, "shape": True, "direction": True, "speed": False, "all": False}

@@ -1,0 +1,386 @@
+"""Configuration: one dataclass per component, three presets, and command-line overrides.
+
+Every number that shapes a run lives here, so that `config.json` in a run directory is enough to
+rebuild it. The command line reaches every field as `--section.key value`:
+
+    python train.py --preset cpu --data.num_frames 8 --train.batch_size 16
+
+`python train.py --help` lists every option with its type and the chosen preset's default.
+Sequences are written with commas: `--data.colours red,green,blue`; "" is the empty sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class DataConfig:
+    """The procedural moving-shapes dataset (data.py)."""
+
+    image_size: int = 64  # frames are square, image_size x image_size pixels
+    num_frames: int = 16
+    shapes: tuple[str, ...] = ("circle", "square", "triangle")
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan", "white")
+    motions: tuple[str, ...] = ("left", "right", "up", "down")
+    speed_range: tuple[float, float] = (1.0, 2.5)  # pixels per frame, drawn uniformly
+    size_range: tuple[float, float] = (0.09, 0.14)  # object radius as a fraction of image_size
+    two_objects_prob: float = 0.0  # share of clips with a second object
+    speed_word_prob: float = 0.5  # share of captions that say "slowly" or "quickly"
+    # "colour shape motion" combinations never shown in training, kept to measure generalisation.
+    held_out: tuple[str, ...] = (
+        "green triangle up",
+        "red square left",
+        "blue circle down",
+        "yellow triangle right",
+        "magenta square up",
+    )
+    num_train_clips: int = 20_000  # the length of an epoch; clips are rendered on demand
+    num_val_clips: int = 500
+    seed: int = 0
+    num_workers: int = 2  # DataLoader worker processes
+
+
+@dataclass
+class VAEConfig:
+    """The image autoencoder (vae.py): frames to 4-channel latents, downsample_factor smaller."""
+
+    downsample_factor: Literal[4, 8] = 4
+    latent_channels: int = 4
+    base_channels: int = 32
+    num_res_blocks: int = 1
+    reconstruction_loss: Literal["l1", "mse"] = "l1"
+    kl_weight: float = 1e-6
+    # 1 / std of the latents, measured after the VAE is trained (None until then).
+    scaling_factor: Optional[float] = None
+
+
+@dataclass
+class TextConfig:
+    """The small transformer text encoder (text.py), our stand-in for CLIP's text tower."""
+
+    max_length: int = 16  # tokens, padding included
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+
+
+@dataclass
+class UNetConfig:
+    """The latent U-Net (unet3d.py), in image mode and, inflated, in video mode."""
+
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (1, 2)  # resolution levels with spatial transformers
+    num_heads: int = 4
+    video_trainable: Literal["temporal", "all"] = "temporal"
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule, objective and sampler defaults (diffusion.py)."""
+
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "scaled_linear"
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    text_drop_prob: float = 0.1  # classifier-free guidance: caption replaced by "" this often
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop (training.py): one set of numbers per stage where they differ."""
+
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    vae_steps: int = 3000
+    image_steps: int = 6000
+    video_steps: int = 6000
+    videovae_steps: int = 2000
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    mixed_precision: bool = False  # bfloat16 autocast on CUDA
+
+
+@dataclass
+class Config:
+    """A whole run: the component sections plus where and how it runs."""
+
+    preset: str = "cpu"
+    name: str = "cpu"  # the run directory is runs/<name>
+    runs_dir: str = "runs"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """Rebuild a Config from `to_dict()` output; unknown keys and wrong types are errors."""
+        return _dataclass_from_dict(cls, values, where="config")
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+
+SECTIONS = ("data", "vae", "text", "unet", "diffusion", "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Each one is a function of no arguments returning a fresh Config.
+
+
+def smoke_preset() -> Config:
+    """Every stage in about a minute on a CPU: for tests and CI; quality is not judged."""
+    config = Config(preset="smoke", name="smoke")
+    config.data = DataConfig(
+        image_size=32, num_frames=4, speed_range=(1.0, 2.0), size_range=(0.12, 0.16),
+        num_train_clips=512, num_val_clips=32, num_workers=0,
+    )
+    config.vae = VAEConfig(base_channels=8)
+    config.text = TextConfig(width=32, num_layers=1, num_heads=2)
+    config.unet = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
+    config.diffusion = DiffusionConfig(num_inference_steps=4)
+    config.train = TrainConfig(
+        batch_size=4, vae_steps=20, image_steps=20, video_steps=20, videovae_steps=20,
+        log_every=5, sample_every=10, checkpoint_every=10,
+    )
+    return config
+
+
+def cpu_preset() -> Config:
+    """The laptop tier: 64x64 frames, 8-frame clips, the whole pipeline in under an hour."""
+    config = Config(preset="cpu", name="cpu")
+    config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 4.0))
+    config.train = TrainConfig(batch_size=32)
+    return config
+
+
+def gpu_preset() -> Config:
+    """The overnight tier on one GPU: 16-frame clips, a bigger model, mixed precision."""
+    config = Config(preset="gpu", name="gpu")
+    config.data = DataConfig(image_size=64, num_frames=16, num_train_clips=200_000, num_workers=8)
+    config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
+    config.text = TextConfig(width=256, num_layers=4, num_heads=8)
+    config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8)
+    config.train = TrainConfig(
+        batch_size=64, vae_steps=20_000, image_steps=60_000, video_steps=60_000,
+        videovae_steps=20_000, sample_every=5000, checkpoint_every=2000, mixed_precision=True,
+    )
+    return config
+
+
+def auto_preset() -> Config:
+    """`gpu` where CUDA is available, else `cpu`."""
+    import torch
+
+    return gpu_preset() if torch.cuda.is_available() else cpu_preset()
+
+
+PRESETS = {"smoke": smoke_preset, "cpu": cpu_preset, "gpu": gpu_preset, "auto": auto_preset}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: one `--section.key` option per field, typed from the dataclass annotations.
+
+
+def build_parser(defaults: Config, description: str = "") -> argparse.ArgumentParser:
+    """A parser whose options are the fields of `defaults`, each defaulting to its value there."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.add_argument("--preset", default="auto", choices=list(PRESETS),
+                        help="the base configuration that the options below override "
+                             "(default: auto = gpu if CUDA is available, else cpu)")
+    for name, value_type, default in _fields(defaults):
+        if name == "preset":
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(f"--{name}", dest=name, default=default, metavar=_type_name(value_type),
+                            type=_converter(value_type), help=f"(default: {shown})")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, description: str = "",
+                 extra_arguments: typing.Callable[[argparse.ArgumentParser], None] | None = None,
+                 ) -> tuple[Config, argparse.Namespace]:
+    """Parse `--preset P --section.key value ...` into a Config (plus the namespace for extras).
+
+    `extra_arguments(parser)` may add options that are not config fields (train.py's --stage).
+    An unknown option is an error that names it and suggests the nearest real one.
+    """
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset", default="auto")
+    preset_name = preset_parser.parse_known_args(argv)[0].preset
+    try:
+        defaults = get_preset(preset_name)
+    except ValueError as error:
+        preset_parser.error(str(error))
+    parser = build_parser(defaults, description)
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings]
+        bad = next((word for word in unknown if word.startswith("-")), unknown[0])
+        close = difflib.get_close_matches(bad.split("=")[0], known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; see --help for every option"
+        parser.error(f"unknown option {bad!r}{hint}")
+    values = {name: getattr(namespace, name) for name, *_ in _fields(defaults) if name != "preset"}
+    config = _dataclass_from_dict(Config, _unflatten(values) | {"preset": defaults.preset}, "config")
+    return config, namespace
+
+
+def _fields(config: Config):
+    """(dotted name, type, value) for every field of the config, sections flattened."""
+    hints = typing.get_type_hints(Config)
+    for top in dataclasses.fields(Config):
+        value = getattr(config, top.name)
+        if top.name in SECTIONS:
+            section_hints = typing.get_type_hints(type(value))
+            for sub in dataclasses.fields(value):
+                yield f"{top.name}.{sub.name}", section_hints[sub.name], getattr(value, sub.name)
+        else:
+            yield top.name, hints[top.name], value
+
+
+def _unflatten(values: dict) -> dict:
+    nested: dict = {}
+    for dotted, value in values.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            nested.setdefault(section, {})[key] = value
+        else:
+            nested[section] = value
+    return nested
+
+
+def _type_name(value_type) -> str:
+    origin, args = typing.get_origin(value_type), typing.get_args(value_type)
+    if origin is Literal:
+        return "{" + ",".join(str(arg) for arg in args) + "}"
+    if origin is typing.Union:  # Optional[X]
+        return f"{_type_name(args[0])}|none"
+    if origin is tuple:
+        item = args[0].__name__
+        return f"{item},{item},..." if args[-1] is Ellipsis else ",".join(a.__name__ for a in args)
+    return value_type.__name__.upper()
+
+
+def _converter(value_type):
+    """A function str -> value for argparse; its __name__ appears in argparse's type errors."""
+
+    def convert(text: str):
+        return _coerce(text, value_type, where=None, from_text=True)
+
+    convert.__name__ = _type_name(value_type)
+    return convert
+
+
+def _coerce(value, value_type, where: str | None, from_text: bool = False):
+    """Turn `value` into `value_type`, or raise.
+
+    from_text: `value` is command-line text, so "8" may become 8 and "red,blue" a tuple; a JSON
+    value must already have the right type (lists become tuples).
+    """
+    origin, args = typing.get_origin(value_type), typing.get_args(value_type)
+    problem = None
+    if origin is typing.Union:
+        if value is None or (from_text and value.lower() == "none"):
+            return None
+        return _coerce(value, args[0], where, from_text)
+    if origin is Literal:
+        for choice in args:
+            if value == choice or (from_text and value == str(choice)):
+                return choice
+        problem = f"expected one of {', '.join(map(str, args))}"
+    elif origin is tuple:
+        items = (value.split(",") if value else []) if from_text else value
+        if not isinstance(items, (list, tuple)):
+            problem = "expected a list"
+        else:
+            item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
+            if len(item_types) != len(items):
+                problem = f"expected {len(item_types)} values, got {len(items)}"
+            else:
+                return tuple(_coerce(item, t, where, from_text) for item, t in zip(items, item_types))
+    elif value_type is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        problem = "expected true or false"
+    elif value_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and value.strip().lstrip("-").replace("_", "").isdigit():
+            return int(value)
+        problem = "expected an integer"
+    elif value_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problem = "expected a number"
+        if from_text:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif value_type is str:
+        if isinstance(value, str):
+            return value
+        problem = "expected a string"
+    else:
+        raise TypeError(f"config fields of type {value_type} are not supported")
+    message = f"{problem}, got {value!r}"
+    # argparse turns a ValueError into "invalid <type> value: ..." naming the option itself.
+    raise ValueError(message if where is None else f"{where}: {message}")
+
+
+def _dataclass_from_dict(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}")
+    instance = cls()
+    for key, value in values.items():
+        value_type = hints[key]
+        if dataclasses.is_dataclass(value_type):
+            value = _dataclass_from_dict(value_type, value, f"{where}.{key}")
+        else:
+            value = _coerce(value, value_type, f"{where}.{key}")
+        setattr(instance, key, value)
+    return instance

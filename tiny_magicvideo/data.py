@@ -1,0 +1,429 @@
+"""Moving shapes: procedural text-video pairs, with no download.
+
+Each clip shows one coloured shape (optionally two) gliding in a straight line over a plain dark
+background, and comes with a caption from a small grammar ("a red circle moving left", "red ball
+sliding to the left") and the attributes that made it (colour, shape, direction, speed, size).
+Everything is a pure function of (seed, split, index): the same index always gives the same clip,
+in any worker process, so a DataLoader needs no shared state.
+
+Shapes are drawn from signed distance functions (SDFs): for each pixel centre p, sdf(p) is the
+distance to the shape's outline, negative inside. The share of a pixel the shape covers is close to
+clip(0.5 - sdf(p), 0, 1), which gives anti-aliased edges without supersampling.
+
+Conventions (DESIGN.md): frames on disk are uint8 (T, H, W, 3); tensors are float (C, T, H, W) in
+[-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .config import DataConfig
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary: what can be drawn, and the words the captions use for it.
+
+COLOURS = {  # name -> RGB, all fully saturated or white so the detector can tell them apart
+    "red": (230, 30, 30),
+    "orange": (245, 135, 20),
+    "yellow": (235, 225, 30),
+    "green": (30, 200, 40),
+    "cyan": (30, 215, 225),
+    "blue": (40, 70, 240),
+    "magenta": (225, 40, 220),
+    "white": (240, 240, 240),
+}
+BACKGROUND = (18, 18, 24)  # a plain, dark, slightly blue grey
+
+# Unit direction vectors in image coordinates: x grows to the right, y grows downwards.
+MOTIONS = {
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
+    "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
+    "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
+    "down-right": (math.sqrt(0.5), math.sqrt(0.5)),
+    "static": (0.0, 0.0),
+}
+
+# Each shape's farthest point from its centre, in units of the object's radius r: the margin
+# that keeps it whole inside the frame.
+SHAPE_EXTENT = {"circle": 1.0, "square": 1.1, "triangle": 1.2, "diamond": 1.2, "star": 1.3}
+SHAPES = tuple(SHAPE_EXTENT)
+
+SHAPE_WORDS = {
+    "circle": ("circle", "ball", "disc", "dot"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle",),
+    "diamond": ("diamond", "rhombus"),
+    "star": ("star",),
+}
+MOTION_VERBS = ("moving", "sliding", "going", "drifting", "gliding", "travelling")
+DIRECTION_WORDS = {
+    "left": ("left", "to the left", "leftwards"),
+    "right": ("right", "to the right", "rightwards"),
+    "up": ("up", "upwards", "to the top"),
+    "down": ("down", "downwards", "to the bottom"),
+    "up-left": ("up and to the left", "to the top left"),
+    "up-right": ("up and to the right", "to the top right"),
+    "down-left": ("down and to the left", "to the bottom left"),
+    "down-right": ("down and to the right", "to the bottom right"),
+}
+STATIC_PHRASES = ("standing still", "staying in place", "resting")
+SPEED_WORDS = {"slow": ("slowly",), "fast": ("quickly", "fast")}
+ARTICLES = ("a", "one", "")
+
+MIN_RADIUS_PIXELS = 3.0  # smaller objects are a handful of pixels: no shape left to see
+SPLITS = {"train": 0, "val": 1, "heldout": 2}  # heldout: the held-out combinations only
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word a caption can contain, sorted: the text encoder's vocabulary (text.py)."""
+    phrases = [*COLOURS, *ARTICLES, *MOTION_VERBS, *STATIC_PHRASES, "and"]
+    for table in (SHAPE_WORDS, DIRECTION_WORDS, SPEED_WORDS):
+        phrases += [phrase for options in table.values() for phrase in options]
+    return sorted({word for phrase in phrases for word in phrase.split()})
+
+
+# ---------------------------------------------------------------------------------------------
+# The one conversion between frames (uint8, channels last) and video tensors (float, [-1, 1]).
+
+
+def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) in [-1, 1]."""
+    frames = torch.as_tensor(frames)
+    if frames.dtype != torch.uint8 or frames.ndim < 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames shaped (..., T, H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    video = frames.float() / 127.5 - 1.0  # x = u / 127.5 - 1 maps 0..255 to -1..1
+    return video.movedim(-1, -4)  # (..., T, H, W, C) -> (..., C, T, H, W)
+
+
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """float (..., 3, T, H, W) in [-1, 1] -> uint8 (..., T, H, W, 3); values outside are clipped."""
+    if video.ndim < 4 or video.shape[-4] != 3:
+        raise ValueError(f"expected a video shaped (..., 3, T, H, W), got {tuple(video.shape)}")
+    frames = ((video.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    return frames.to(torch.uint8).movedim(-4, -1).numpy()  # (..., C, T, H, W) -> (..., T, H, W, C)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+
+@dataclass
+class ShapeObject:
+    """One object of a clip: what it is and where it goes. Positions are in pixels."""
+
+    colour: str
+    shape: str
+    direction: str
+    speed: float  # pixels per frame
+    radius: float  # pixels
+    start: tuple[float, float]  # (x, y) of the centre in frame 0
+
+    def centres(self, num_frames: int) -> np.ndarray:
+        """(T, 2): the (x, y) centre in every frame, c_t = c_0 + t * speed * direction."""
+        velocity = self.speed * np.array(MOTIONS[self.direction])
+        return np.array(self.start) + np.arange(num_frames)[:, None] * velocity
+
+    def attributes(self) -> dict:
+        return {"colour": self.colour, "shape": self.shape, "direction": self.direction,
+                "speed": self.speed, "radius": self.radius, "start": self.start}
+
+
+def shape_sdf(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Signed distance (pixels) from points (x, y), relative to the centre, to the outline."""
+    if shape == "circle":
+        return np.hypot(x, y) - radius
+    if shape == "square":  # box SDF: outside distance + inside distance
+        half = 0.75 * radius  # corner at 0.75 * sqrt(2) r = 1.06 r, inside SHAPE_EXTENT
+        dx, dy = np.abs(x) - half, np.abs(y) - half
+        outside = np.hypot(np.maximum(dx, 0), np.maximum(dy, 0))
+        return outside + np.minimum(np.maximum(dx, dy), 0)
+    if shape == "diamond":  # |x| + |y| = h, as a distance to the nearest edge line
+        return (np.abs(x) + np.abs(y) - 1.2 * radius) / math.sqrt(2)
+    if shape == "triangle":  # equilateral, pointing up, circumradius 1.2 r
+        return _polygon_sdf(x, y, _regular_polygon(3, 1.2 * radius))
+    if shape == "star":  # five points, pointing up, inner/outer radius 0.45
+        outer = _regular_polygon(5, 1.3 * radius)
+        inner = _regular_polygon(5, 0.45 * 1.3 * radius, rotation=math.pi / 5)
+        vertices = np.stack([outer, inner], axis=1).reshape(10, 2)  # outer, inner, outer, ...
+        return _polygon_sdf(x, y, vertices)
+    raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
+
+
+def _regular_polygon(num_vertices: int, circumradius: float, rotation: float = 0.0) -> np.ndarray:
+    """(N, 2) vertices in image coordinates, the first one straight up (y negative)."""
+    angles = rotation + 2 * math.pi * np.arange(num_vertices) / num_vertices
+    return circumradius * np.stack([np.sin(angles), -np.cos(angles)], axis=1)
+
+
+def _polygon_sdf(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Exact signed distance to a simple polygon: min distance to its edges, sign by crossings."""
+    distance_sq = np.full(x.shape, np.inf)
+    inside = np.zeros(x.shape, dtype=bool)
+    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0)):
+        ex, ey = bx - ax, by - ay
+        px, py = x - ax, y - ay
+        # closest point on the edge a + s (b - a), with s clamped to [0, 1]
+        s = np.clip((px * ex + py * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+        distance_sq = np.minimum(distance_sq, (px - s * ex) ** 2 + (py - s * ey) ** 2)
+        # even-odd rule: a horizontal ray from the point crosses this edge
+        crosses = ((ay > y) != (by > y)) & (x < ax + (y - ay) * ex / (ey if ey else 1e-12))
+        inside ^= crosses
+    return np.where(inside, -1.0, 1.0) * np.sqrt(distance_sq)
+
+
+def render_clip(objects: list[ShapeObject], num_frames: int, image_size: int) -> np.ndarray:
+    """Draw the objects over the background: uint8 (T, H, W, 3), anti-aliased edges."""
+    pixel_centres = np.arange(image_size) + 0.5
+    canvas = np.empty((num_frames, image_size, image_size, 3), dtype=np.float32)
+    canvas[:] = BACKGROUND
+    for obj in objects:
+        centres = obj.centres(num_frames)  # (T, 2)
+        x = pixel_centres[None, None, :] - centres[:, 0, None, None]  # (T, 1, W)
+        y = pixel_centres[None, :, None] - centres[:, 1, None, None]  # (T, H, 1)
+        x, y = np.broadcast_arrays(x, y)  # (T, H, W) each
+        coverage = np.clip(0.5 - shape_sdf(obj.shape, x, y, obj.radius), 0.0, 1.0)
+        coverage = coverage[..., None].astype(np.float32)  # (T, H, W, 1)
+        # "over" compositing: pixel = coverage * colour + (1 - coverage) * what was there
+        canvas = coverage * np.array(COLOURS[obj.colour], np.float32) + (1 - coverage) * canvas
+    return np.round(canvas).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling clips and captions.
+
+
+def check_data_config(config: DataConfig) -> None:
+    """Raise ValueError naming the bad value and the fix, before any clip is drawn."""
+    for name, values, known in (("colours", config.colours, COLOURS), ("shapes", config.shapes, SHAPE_EXTENT),
+                                ("motions", config.motions, MOTIONS)):
+        if not values:
+            raise ValueError(f"data.{name} is empty; give at least one of {', '.join(known)}")
+        for value in values:
+            if value not in known:
+                raise ValueError(f"unknown {name[:-1]} {value!r} in data.{name}; "
+                                 f"known {name}: {', '.join(known)}")
+    if config.num_frames < 1:
+        raise ValueError(f"data.num_frames must be at least 1, got {config.num_frames}")
+    low, high = config.size_range
+    if not 0 < low <= high:
+        raise ValueError(f"data.size_range must satisfy 0 < low <= high, got {config.size_range}")
+    if low * config.image_size < MIN_RADIUS_PIXELS:
+        need = math.ceil(MIN_RADIUS_PIXELS / low)
+        raise ValueError(
+            f"data.image_size {config.image_size} is too small for the shapes: the smallest object "
+            f"would have a radius of {low * config.image_size:.1f} px (at least {MIN_RADIUS_PIXELS:g} "
+            f"needed); use --data.image_size {need} or larger, or raise data.size_range")
+    slow, fast = config.speed_range
+    if not 0 <= slow <= fast:
+        raise ValueError(f"data.speed_range must satisfy 0 <= low <= high, got {config.speed_range}")
+    extent = max(SHAPE_EXTENT[s] for s in config.shapes) * high * config.image_size
+    travel = fast * (config.num_frames - 1)
+    if 2 * extent + travel + 2 > config.image_size:
+        raise ValueError(
+            f"a clip does not fit: {config.num_frames} frames at {fast} px/frame travel {travel:.0f} px, "
+            f"plus an object {2 * extent:.0f} px wide, in a {config.image_size} px frame; lower "
+            f"data.speed_range or data.num_frames, or raise data.image_size")
+    if not 0 <= config.two_objects_prob <= 1 or not 0 <= config.speed_word_prob <= 1:
+        raise ValueError("data.two_objects_prob and data.speed_word_prob are probabilities in [0, 1]")
+    combos = set(all_combinations(config))
+    for combo in config.held_out:
+        if parse_combination(combo) not in combos:
+            raise ValueError(f"held-out combination {combo!r} is not 'colour shape motion' from "
+                             f"data.colours, data.shapes and data.motions; change data.held_out "
+                             f"(--data.held_out \"red square up,...\", or \"\" for none)")
+    if len(combos) == len(config.held_out):
+        raise ValueError("data.held_out holds every combination: nothing is left to train on")
+
+
+def parse_combination(text: str) -> tuple[str, str, str]:
+    words = text.split()
+    return (words[0], words[1], words[2]) if len(words) == 3 else ("", "", "")
+
+
+def all_combinations(config: DataConfig) -> list[tuple[str, str, str]]:
+    return [(c, s, m) for c in config.colours for s in config.shapes for m in config.motions]
+
+
+def split_combinations(config: DataConfig, split: str) -> list[tuple[str, str, str]]:
+    """The (colour, shape, motion) combinations a split draws from."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    held_out = {parse_combination(combo) for combo in config.held_out}
+    if split == "heldout":
+        return sorted(held_out)
+    return [combo for combo in all_combinations(config) if combo not in held_out]
+
+
+def caption_for(objects: list[ShapeObject], speed_class: list[str | None],
+                rng: np.random.Generator) -> str:
+    """Caption from the grammar: [article] colour shape (verb [speed] direction | static phrase)."""
+    phrases = []
+    for obj, speed in zip(objects, speed_class):
+        words = [rng.choice(ARTICLES), obj.colour, rng.choice(SHAPE_WORDS[obj.shape])]
+        if obj.direction == "static":
+            words.append(rng.choice(STATIC_PHRASES))
+        else:
+            words.append(rng.choice(MOTION_VERBS))
+            if speed is not None:
+                words.append(rng.choice(SPEED_WORDS[speed]))
+            words.append(rng.choice(DIRECTION_WORDS[obj.direction]))
+        phrases.append(" ".join(word for word in words if word))
+    return " and ".join(phrases)
+
+
+def sample_clip(config: DataConfig, split: str, index: int) -> tuple[np.ndarray, str, dict]:
+    """The clip at `index` of `split`: (frames uint8 (T, H, W, 3), caption, attributes).
+
+    attributes = {"num_objects": n, "objects": [ShapeObject.attributes(), ...]}.
+    """
+    combos = split_combinations(config, split)
+    rng = np.random.default_rng([config.seed, SPLITS[split], index])
+    num_objects = 2 if rng.random() < config.two_objects_prob else 1
+    for _ in range(100):  # redraw until two objects never overlap (one object: first try)
+        objects = [_draw_object(config, *combos[rng.integers(len(combos))], rng)
+                   for _ in range(num_objects)]
+        if num_objects == 1 or _apart(*objects, config.num_frames):
+            break
+    else:
+        raise ValueError("could not place two separate objects; raise data.image_size or lower "
+                         "data.size_range")
+    low, high = config.speed_range
+    speed_class = [
+        None if obj.direction == "static" or rng.random() >= config.speed_word_prob
+        else ("slow" if obj.speed < (low + high) / 2 else "fast")
+        for obj in objects
+    ]
+    frames = render_clip(objects, config.num_frames, config.image_size)
+    caption = caption_for(objects, speed_class, rng)
+    return frames, caption, {"num_objects": num_objects, "objects": [o.attributes() for o in objects]}
+
+
+def _draw_object(config: DataConfig, colour: str, shape: str, motion: str,
+                 rng: np.random.Generator) -> ShapeObject:
+    """Draw size, speed and a start such that the whole path stays inside the frame."""
+    size = config.image_size
+    radius = float(rng.uniform(*config.size_range)) * size
+    speed = 0.0 if motion == "static" else float(rng.uniform(*config.speed_range))
+    margin = SHAPE_EXTENT[shape] * radius + 1
+    travel = speed * (config.num_frames - 1) * np.array(MOTIONS[motion])  # (dx, dy)
+    # the start range that keeps both ends of the path inside [margin, size - margin]
+    low = margin - np.minimum(travel, 0)
+    high = size - margin - np.maximum(travel, 0)
+    start = tuple(float(v) for v in rng.uniform(low, high))
+    return ShapeObject(colour, shape, motion, speed, radius, start)
+
+
+def _apart(a: ShapeObject, b: ShapeObject, num_frames: int) -> bool:
+    gap = np.linalg.norm(a.centres(num_frames) - b.centres(num_frames), axis=1)
+    return bool(gap.min() > SHAPE_EXTENT[a.shape] * a.radius + SHAPE_EXTENT[b.shape] * b.radius + 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch dataset and loader.
+
+
+class MovingShapes(Dataset):
+    """Moving-shapes clips as a Dataset: item i is {"video", "caption", "attributes"}.
+
+    video: float (3, T, H, W) in [-1, 1]. Splits: "train" (training combinations), "val" (the same
+    combinations, other clips) and "heldout" (the held-out combinations, for generalisation).
+    """
+
+    def __init__(self, config: DataConfig, split: str = "train", num_clips: int | None = None):
+        check_data_config(config)
+        split_combinations(config, split)  # raises on an unknown split
+        self.config = config
+        self.split = split
+        default = config.num_train_clips if split == "train" else config.num_val_clips
+        self.num_clips = default if num_clips is None else num_clips
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_clips:
+            raise IndexError(f"clip {index} out of range for {self.num_clips} clips")
+        frames, caption, attributes = sample_clip(self.config, self.split, index)
+        return {"video": frames_to_video(frames), "caption": caption, "attributes": attributes}
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stack videos to (B, 3, T, H, W); captions and attributes stay lists."""
+    return {"video": torch.stack([item["video"] for item in items]),
+            "caption": [item["caption"] for item in items],
+            "attributes": [item["attributes"] for item in items]}
+
+
+def make_loader(config: DataConfig, split: str = "train", batch_size: int = 32,
+                shuffle: bool = True, num_workers: int | None = None,
+                num_clips: int | None = None) -> DataLoader:
+    """A DataLoader over MovingShapes; rendering runs in `config.num_workers` worker processes."""
+    dataset = MovingShapes(config, split, num_clips)
+    workers = config.num_workers if num_workers is None else num_workers
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      collate_fn=collate_clips, drop_last=shuffle, persistent_workers=workers > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Video files.
+
+
+def tile_clips(clips: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) -> one uint8 (T, rows*(H+gap)-gap, columns*(W+gap)-gap, 3) grid."""
+    count, num_frames, height, width, _ = clips.shape
+    rows = math.ceil(count / columns)
+    grid = np.zeros((num_frames, rows * (height + gap) - gap, columns * (width + gap) - gap, 3),
+                    dtype=np.uint8)
+    for i, clip in enumerate(clips):
+        top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
+        grid[:, top:top + height, left:left + width] = clip
+    return grid
+
+
+def save_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
+    """Write uint8 (T, H, W, 3) frames as a looping GIF or an MP4, chosen by the file extension."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    elif suffix == ".mp4":
+        # H.264 wants sides divisible by 2; pad with black rather than rescale
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+    else:
+        raise ValueError(f"cannot write {path.name!r}: use a .gif or .mp4 file name")
+    return path
+
+
+def load_video(path: str | Path) -> np.ndarray:
+    """Read a GIF or video file as uint8 (T, H, W, 3); a missing or unreadable file is a clear error."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {path}")
+    try:
+        frames = np.asarray(iio.imread(path, index=None))
+    except Exception as error:  # imageio raises many types for corrupt files
+        raise ValueError(f"cannot read {path} as a video ({error}); is the file complete?") from error
+    if frames.ndim == 3:  # a single image or greyscale frames
+        frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None].repeat(3, -1)
+    return np.ascontiguousarray(frames[..., :3])
