@@ -1,22 +1,28 @@
-"""Train tiny-magicvideo: python train.py [--preset P] [--section.key value ...]
+"""Train tiny-magicvideo: python train.py [--preset P] [--stage S] [--section.key value ...]
 
-Writes everything of a run under runs/<name>/ (see DESIGN.md, "A run directory").
-
-The training stages (vae -> image -> video -> videovae) arrive with their issues. Until then this
-command resolves the config, writes runs/<name>/config.json, and renders a grid of the training
-clips with their captions to runs/<name>/samples/data.gif, so the data a run would see can be
-watched.
+Runs, in order, every stage that runs/<name>/ does not yet hold finished, resuming an interrupted
+one from its last checkpoint: vae -> image -> video -> videovae (see DESIGN.md, "Stages").
+`--stage S` runs one. Stages that are not built yet are named and skipped.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from tiny_magicvideo.config import parse_config
-from tiny_magicvideo.data import check_data_config, sample_clip, save_video, tile_clips
+from tiny_magicvideo.config import Config, continue_run, load_run_config, parse_config
+from tiny_magicvideo.data import (check_data_config, frames_to_video, make_loader, sample_clip,
+                                  video_to_frames)
+from tiny_magicvideo.metrics import psnr
+from tiny_magicvideo.pipeline import save_video, tile_clips
+from tiny_magicvideo.training import WEIGHTS_FILES, Stage, checkpoint_step, resolve_device, train_stage
+from tiny_magicvideo.vae import AutoencoderKL, measure_scaling_factor
+
+STAGE_ORDER = ("vae", "image", "video", "videovae")
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -26,26 +32,123 @@ def write_text_atomically(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config, _ = parse_config(argv, description=__doc__.splitlines()[0])
-    try:
-        check_data_config(config.data)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    run_dir = Path(config.runs_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
+    """The same `count` clips of `split` every time: (count, 3, T, H, W)."""
+    return torch.stack([frames_to_video(sample_clip(config.data, split, i)[0]) for i in range(count)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage vae: the image autoencoder on single frames.
+
+
+def vae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
+    vae = AutoencoderKL(config.vae)
+    frames_per_clip = min(2, config.data.num_frames)
+    clips_per_batch = max(1, config.train.batch_size // frames_per_clip)
+    preview = fixed_clips(config, "val", 8).to(device)
+
+    def batches(start_step: int):
+        return make_loader(config.data, "train", clips_per_batch, start_step=start_step,
+                           num_steps=config.train.vae_steps)
+
+    def loss(batch: dict, generator: torch.Generator):
+        video = batch["video"].to(device)  # (B, 3, T, H, W)
+        num_clips, _, num_frames = video.shape[:3]
+        # frames_per_clip random frames of each clip: (B, T, 3, H, W)[clip, picked] -> (B, k, 3, H, W)
+        picked = torch.randint(num_frames, (num_clips, frames_per_clip), generator=generator,
+                               device=device)
+        frames = video.transpose(1, 2)[torch.arange(num_clips, device=device)[:, None], picked]
+        return vae.loss(frames.flatten(0, 1), generator)  # (B*k, 3, H, W)
+
+    def write_samples(ema_vae: AutoencoderKL, step: int) -> None:
+        """A GIF of 8 validation clips, originals above their reconstructions."""
+        num_clips, _, num_frames = preview.shape[:3]
+        frames = preview.transpose(1, 2).flatten(0, 1)  # (B, 3, T, H, W) -> (B*T, 3, H, W)
+        reconstructed = ema_vae.decode(ema_vae.encode(frames).mean).clamp(-1, 1)
+        reconstructed = reconstructed.unflatten(0, (num_clips, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
+        clips = video_to_frames(torch.cat([preview, reconstructed]))  # (2B, T, H, W, 3)
+        save_video(tile_clips(clips, columns=len(preview)), run_dir / "samples" / f"vae_{step:06d}.gif")
+
+    return Stage("vae", vae, loss, batches, config.train.vae_steps, config.train.vae_learning_rate,
+                 write_samples)
+
+
+def finish_vae(vae: AutoencoderKL, config: Config, run_dir: Path, device: torch.device) -> None:
+    """Measure the scaling factor, store it in config.json, draw the reconstruction grid."""
+    train_frames = fixed_clips(config, "train", 64).to(device).transpose(1, 2).flatten(0, 1)
+    config.vae.scaling_factor = measure_scaling_factor(vae, train_frames)
     write_text_atomically(run_dir / "config.json", config.to_json())
 
-    num_clips = 16
-    clips = [sample_clip(config.data, "train", index) for index in range(num_clips)]
-    grid = tile_clips(np.stack([frames for frames, _, _ in clips]), columns=4)
-    path = save_video(grid, run_dir / "samples" / "data.gif", fps=8)
-    print(f"preset {config.preset}: {config.data.num_frames} frames of "
-          f"{config.data.image_size}x{config.data.image_size}; config in {run_dir / 'config.json'}")
-    for row in range(0, num_clips, 4):
-        print(" | ".join(caption for _, caption, _ in clips[row:row + 4]))
-    print(f"wrote {path} (the training stages are not built yet: this shows the data)")
-    return path
+    val_frames = fixed_clips(config, "val", 64).to(device)[:, :, 0]  # first frame of each: (64, 3, H, W)
+    with torch.no_grad():
+        reconstructed = vae.decode(vae.encode(val_frames).mean).clamp(-1, 1)
+    print(f"stage vae: scaling factor {config.vae.scaling_factor:.4f}; reconstruction PSNR on 64 "
+          f"validation frames {psnr(reconstructed, val_frames):.2f} dB")
+    draw_reconstructions(val_frames[:8], reconstructed[:8], run_dir / "vae_reconstructions.png")
+
+
+def draw_reconstructions(originals: torch.Tensor, reconstructed: torch.Tensor, path: Path) -> None:
+    """PNG grid: originals, reconstructions, and their absolute difference (x4 for visibility)."""
+    from matplotlib.figure import Figure
+
+    rows = {"original": originals, "reconstruction": reconstructed,
+            "|difference| x 4": ((reconstructed - originals).abs() * 4 - 1).clamp(-1, 1)}
+    figure = Figure(figsize=(1.6 * len(originals), 5.2), layout="constrained")
+    axes = figure.subplots(len(rows), len(originals), squeeze=False)
+    for row, (title, images) in enumerate(rows.items()):
+        for column, image in enumerate(video_to_frames(images[:, :, None])[:, 0]):  # (N, H, W, 3)
+            axes[row, column].imshow(image)
+            axes[row, column].axis("off")
+        axes[row, 0].set_title(title, loc="left", fontsize=9)
+    figure.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_steps(config: Config, name: str) -> int:
+    return getattr(config.train, f"{name}_steps")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    def add_stage(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--stage", choices=STAGE_ORDER, default=None,
+                            help="run only this stage (default: every unfinished stage, in order)")
+
+    config, args = parse_config(argv, description=__doc__.splitlines()[0], extra_arguments=add_stage)
+    run_dir = Path(config.runs_dir) / config.name
+    try:
+        check_data_config(config.data)
+        device = resolve_device(config.device)
+        if (run_dir / "config.json").is_file():
+            config = continue_run(load_run_config(run_dir), config)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(run_dir / "config.json", config.to_json())
+    print(f"run {run_dir} (preset {config.preset}, device {device}): {config.data.num_frames} frames "
+          f"of {config.data.image_size}x{config.data.image_size}")
+    show_training_data(config, run_dir)
+
+    built = {"vae": (vae_stage, finish_vae)}
+    for name in [args.stage] if args.stage else STAGE_ORDER:
+        if name not in built:
+            print(f"stage {name}: not built yet, skipped")
+            continue
+        weights = run_dir / WEIGHTS_FILES[name]
+        if checkpoint_step(weights) >= stage_steps(config, name):
+            print(f"stage {name}: finished ({weights}); raise --train.{name}_steps to train on")
+            continue
+        make_stage, finish = built[name]
+        model = train_stage(make_stage(config, run_dir, device), config, run_dir, device)
+        finish(model, config, run_dir, device)
+    return run_dir
+
+
+def show_training_data(config: Config, run_dir: Path) -> None:
+    """samples/data.gif: 16 training clips, the data this run learns from."""
+    clips = np.stack([sample_clip(config.data, "train", i)[0] for i in range(16)])
+    save_video(tile_clips(clips, columns=4), run_dir / "samples" / "data.gif")
 
 
 if __name__ == "__main__":

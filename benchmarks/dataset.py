@@ -45,7 +45,7 @@ def main() -> None:
     measure(everything, args.num_clips, "all (5 shapes, 8 colours, 9 motions)")
 
     for workers in (0, 2):
-        loader = make_loader(default, batch_size=50, shuffle=False, num_workers=workers,
+        loader = make_loader(default, batch_size=50, num_workers=workers,
                              num_clips=args.num_clips)
         start = time.perf_counter()
         for _ in loader:

@@ -5,9 +5,10 @@ import torch
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import (
     COLOURS, DIRECTION_WORDS, MOTIONS, SHAPE_WORDS, SHAPES, SPEED_WORDS, STATIC_PHRASES,
-    MovingShapes, caption_vocabulary, frames_to_video, load_video, make_loader,
-    parse_combination, sample_clip, save_video, split_combinations, tile_clips, video_to_frames,
+    MovingShapes, caption_vocabulary, frames_to_video, make_loader, parse_combination,
+    sample_clip, split_combinations, video_to_frames,
 )
+from tiny_magicvideo.pipeline import load_video, save_video, tile_clips
 
 EVERYTHING = DataConfig(shapes=SHAPES, colours=tuple(COLOURS), motions=tuple(MOTIONS),
                         two_objects_prob=0.3, held_out=("green triangle up",))
@@ -25,7 +26,7 @@ def test_a_clip_is_a_pure_function_of_seed_split_and_index():
 
 def test_loader_with_worker_processes_gives_the_dataset_in_order():
     config = DataConfig(image_size=32, num_frames=4, speed_range=(1, 2), size_range=(0.12, 0.16))
-    loader = make_loader(config, batch_size=8, shuffle=False, num_workers=2, num_clips=16)
+    loader = make_loader(config, batch_size=8, num_workers=2, num_clips=16)
     batches = list(loader)
     assert [tuple(b["video"].shape) for b in batches] == [(8, 3, 4, 32, 32)] * 2
     dataset = MovingShapes(config, num_clips=16)
@@ -159,3 +160,11 @@ def test_broken_video_files_are_clear_errors(tmp_path):
         load_video(broken)
     with pytest.raises(ValueError, match=".gif or .mp4"):
         save_video(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "clip.avi")
+
+
+def test_step_batches_depend_on_the_step_alone():
+    from tiny_magicvideo.data import StepBatchSampler
+    full = list(StepBatchSampler(num_clips=10, batch_size=4, num_steps=5))
+    assert full[:3] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]  # wraps around
+    assert list(StepBatchSampler(10, 4, start_step=3, num_steps=5)) == full[3:]
+    assert list(StepBatchSampler(10, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # one pass

@@ -1,23 +1,49 @@
-import json
+"""train.py end to end on the smoke preset."""
 
 import pytest
 
 import train
-from tiny_magicvideo.config import Config
-from tiny_magicvideo.data import load_video
+from tiny_magicvideo.config import load_run_config
+from tiny_magicvideo.pipeline import load_video
+from tiny_magicvideo.training import checkpoint_step
 
 
-def test_main_job_writes_config_and_data_gif(tmp_path):
-    gif = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
-    run_dir = tmp_path / "first"
-    config = Config.from_json((run_dir / "config.json").read_text())
+def test_main_job_trains_the_vae_and_skips_it_when_finished(tmp_path, capsys):
+    run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
+    config = load_run_config(run_dir)
     assert config.preset == "smoke" and config.name == "first"
-    assert not list(run_dir.glob("*.tmp"))  # the atomic write left no temporary file
-    frames = load_video(gif)
-    assert frames.shape[0] == config.data.num_frames
-    assert json.loads((run_dir / "config.json").read_text())["data"]["image_size"] == 32
+    assert config.vae.scaling_factor is not None and config.vae.scaling_factor > 0
+    assert checkpoint_step(run_dir / "vae.pt") == config.train.vae_steps
+    for name in ("log.csv", "loss.png", "vae_reconstructions.png", "samples/data.gif"):
+        assert (run_dir / name).is_file(), name
+    assert load_video(run_dir / "samples" / "data.gif").shape[0] == config.data.num_frames
+    assert not list(run_dir.glob("*.tmp"))
+    assert "stage image: not built yet" in capsys.readouterr().out
+
+    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
+    assert "stage vae: finished" in capsys.readouterr().out
+    assert load_run_config(run_dir).vae.scaling_factor == config.vae.scaling_factor
+
+    # more steps continue the finished stage from its last checkpoint
+    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first",
+                "--stage", "vae", "--train.vae_steps", "25"])
+    assert "resuming from step 20" in capsys.readouterr().out
+    assert checkpoint_step(run_dir / "vae.pt") == 25
+
+
+def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run"]
+    train.main(args + ["--train.vae_steps", "2"])
+    with pytest.raises(SystemExit, match="vae.base_channels 8 -> 16.*--name NEW"):
+        train.main(args + ["--vae.base_channels", "16"])
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):
     with pytest.raises(SystemExit, match="too small for the shapes"):
         train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--data.image_size", "8"])
+
+
+def test_unknown_stage_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "audio"])
+    assert "invalid choice: 'audio'" in capsys.readouterr().err

@@ -11,18 +11,18 @@ distance to the shape's outline, negative inside. The share of a pixel the shape
 clip(0.5 - sdf(p), 0, 1), which gives anti-aliased edges without supersampling.
 
 Conventions (DESIGN.md): frames on disk are uint8 (T, H, W, 3); tensors are float (C, T, H, W) in
-[-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two.
+[-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two (video
+files are written and read by pipeline.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
 
@@ -366,64 +366,37 @@ def collate_clips(items: list[dict]) -> dict:
             "attributes": [item["attributes"] for item in items]}
 
 
+class StepBatchSampler(Sampler):
+    """Batch s holds clips s*B ... s*B + B - 1 of the dataset, wrapping around at its end.
+
+    Procedural clips are already in random order, so nothing needs shuffling, and the batch at a
+    step is a function of the step alone: a run resumed at `start_step` sees exactly the batches
+    an uninterrupted run would. Without `num_steps`, one pass over the dataset (the last batch may
+    be short).
+    """
+
+    def __init__(self, num_clips: int, batch_size: int, start_step: int = 0, num_steps: int | None = None):
+        self.num_clips, self.batch_size, self.start_step = num_clips, batch_size, start_step
+        self.wrap = num_steps is not None
+        self.num_steps = math.ceil(num_clips / batch_size) if num_steps is None else num_steps
+
+    def __iter__(self):
+        for step in range(self.start_step, self.num_steps):
+            first = step * self.batch_size
+            if self.wrap:
+                yield [(first + i) % self.num_clips for i in range(self.batch_size)]
+            else:
+                yield list(range(first, min(first + self.batch_size, self.num_clips)))
+
+    def __len__(self) -> int:
+        return max(self.num_steps - self.start_step, 0)
+
+
 def make_loader(config: DataConfig, split: str = "train", batch_size: int = 32,
-                shuffle: bool = True, num_workers: int | None = None,
-                num_clips: int | None = None) -> DataLoader:
-    """A DataLoader over MovingShapes; rendering runs in `config.num_workers` worker processes."""
+                num_workers: int | None = None, num_clips: int | None = None,
+                start_step: int = 0, num_steps: int | None = None) -> DataLoader:
+    """Batches of MovingShapes in step order (see StepBatchSampler), rendered by worker processes."""
     dataset = MovingShapes(config, split, num_clips)
     workers = config.num_workers if num_workers is None else num_workers
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      collate_fn=collate_clips, drop_last=shuffle, persistent_workers=workers > 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Video files.
-
-
-def tile_clips(clips: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
-    """uint8 (N, T, H, W, 3) -> one uint8 (T, rows*(H+gap)-gap, columns*(W+gap)-gap, 3) grid."""
-    count, num_frames, height, width, _ = clips.shape
-    rows = math.ceil(count / columns)
-    grid = np.zeros((num_frames, rows * (height + gap) - gap, columns * (width + gap) - gap, 3),
-                    dtype=np.uint8)
-    for i, clip in enumerate(clips):
-        top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
-        grid[:, top:top + height, left:left + width] = clip
-    return grid
-
-
-def save_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
-    """Write uint8 (T, H, W, 3) frames as a looping GIF or an MP4, chosen by the file extension."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    suffix = path.suffix.lower()
-    if suffix == ".gif":
-        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
-    elif suffix == ".mp4":
-        # H.264 wants sides divisible by 2; pad with black rather than rescale
-        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
-    else:
-        raise ValueError(f"cannot write {path.name!r}: use a .gif or .mp4 file name")
-    return path
-
-
-def load_video(path: str | Path) -> np.ndarray:
-    """Read a GIF or video file as uint8 (T, H, W, 3); a missing or unreadable file is a clear error."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no video file at {path}")
-    try:
-        frames = np.asarray(iio.imread(path, index=None))
-    except Exception as error:  # imageio raises many types for corrupt files
-        raise ValueError(f"cannot read {path} as a video ({error}); is the file complete?") from error
-    if frames.ndim == 3:  # a single image or greyscale frames
-        frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None].repeat(3, -1)
-    return np.ascontiguousarray(frames[..., :3])
+    sampler = StepBatchSampler(len(dataset), batch_size, start_step, num_steps)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips)

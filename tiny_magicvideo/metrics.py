@@ -282,3 +282,17 @@ def agreement(detections: list[Detection], truths: list[dict]) -> dict[str, floa
     """Share of clips on which each attribute (and all of them together) agrees with the truth."""
     rows = [attribute_matches(d, t) for d, t in zip(detections, truths, strict=True)]
     return {name: float(np.mean([row[name] for row in rows])) for name in rows[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction quality.
+
+
+def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> float:
+    """Mean over the batch (first dimension) of PSNR = 10 log10(1 / MSE), pixels scaled to [0, 1].
+
+    Inputs are images or videos in [-1, 1]; each item's MSE is over all its pixels and channels.
+    """
+    difference = (reconstructed.float() - original.float()) / 2  # [-1, 1] -> [0, 1] differences
+    mse = difference.pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
+    return (10 * torch.log10(1.0 / mse)).mean().item()

@@ -1,0 +1,149 @@
+"""The shared training loop, exercised through the smallest real stage: the smoke VAE."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from tiny_magicvideo.config import get_preset
+from tiny_magicvideo.training import (TrainingDiverged, checkpoint_step, load_checkpoint,
+                                      load_weights, read_log, train_stage)
+from tiny_magicvideo.vae import AutoencoderKL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(steps=20):
+    config = get_preset("smoke")
+    config.train.vae_steps = steps
+    config.train.checkpoint_every = 5
+    config.train.log_every = 1
+    config.train.sample_every = 1000  # only at the end
+    return config
+
+
+def run_vae(config, run_dir, interrupt_at=None):
+    """Train the smoke VAE stage; raise KeyboardInterrupt at step `interrupt_at` like a kill."""
+    torch.manual_seed(0)  # the model's initial weights
+    stage = train.vae_stage(config, run_dir, torch.device("cpu"))
+    if interrupt_at is not None:
+        calls = {"count": 0}
+        loss = stage.loss
+
+        def interrupted_loss(batch, generator):
+            calls["count"] += 1
+            if calls["count"] == interrupt_at:
+                raise KeyboardInterrupt
+            return loss(batch, generator)
+
+        stage.loss = interrupted_loss
+    return train_stage(stage, config, run_dir, torch.device("cpu"))
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    config = smoke_config(steps=20)
+    straight = run_vae(config, tmp_path / "straight")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_vae(config, tmp_path / "resumed", interrupt_at=13)  # killed during step 13
+    assert checkpoint_step(tmp_path / "resumed" / "state_vae.pt") == 10
+    assert not (tmp_path / "resumed" / "vae.pt").exists()
+    resumed = run_vae(config, tmp_path / "resumed")
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(load_checkpoint(tmp_path / "straight" / "vae.pt", ["model"])["model"].items(),
+                            load_checkpoint(tmp_path / "resumed" / "vae.pt", ["model"])["model"].values()):
+        assert torch.equal(a, b), name
+    # the log holds each step once: rows from the lost steps 11-12 were dropped on resume
+    steps = [int(row["step"]) for row in read_log(tmp_path / "resumed") if row["name"] == "loss"]
+    assert steps == list(range(1, 21))
+
+
+def test_weights_file_round_trips_bit_identically(tmp_path):
+    config = smoke_config(steps=6)
+    ema_model = run_vae(config, tmp_path)
+    fresh = AutoencoderKL(config.vae)
+    assert load_weights(fresh, tmp_path / "vae.pt") == 6
+    for (name, a), b in zip(ema_model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "samples" / "vae_000006.gif").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = smoke_config(steps=20)
+    torch.manual_seed(0)
+    stage = train.vae_stage(config, tmp_path, torch.device("cpu"))
+    loss, calls = stage.loss, {"count": 0}
+
+    def exploding_loss(batch, generator):
+        calls["count"] += 1
+        value, parts = loss(batch, generator)
+        return (value * float("nan") if calls["count"] == 8 else value), parts
+
+    stage.loss = exploding_loss
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 8.*step 5"):
+        train_stage(stage, config, tmp_path, torch.device("cpu"))
+    state = load_checkpoint(tmp_path / "state_vae.pt", ["model", "step"])
+    assert int(state["step"]) == 5
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (tmp_path / "vae.pt").exists()
+
+
+def test_missing_corrupt_and_foreign_checkpoints_are_refused_clearly(tmp_path):
+    vae = AutoencoderKL(get_preset("smoke").vae)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*vae.pt"):
+        load_weights(vae, tmp_path / "vae.pt")
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"model": vae.state_dict(), "ema": vae.state_dict(), "step": torch.tensor(1)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a readable checkpoint.*truncated"):
+        load_weights(vae, truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(ValueError, match="lacks model, ema, step"):
+        load_weights(vae, foreign)
+    wrong_size = tmp_path / "wrong.pt"
+    other = AutoencoderKL(get_preset("cpu").vae)
+    torch.save({"model": other.state_dict(), "ema": other.state_dict(), "step": torch.tensor(1)}, wrong_size)
+    with pytest.raises(ValueError, match="do not fit the model"):
+        load_weights(vae, wrong_size)
+
+
+def test_a_pickled_object_is_not_executed(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(), "ema": {}, "step": 1}, evil)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(evil, ["model"])
+
+
+def test_every_torch_load_uses_weights_only():
+    sources = [*REPO.glob("tiny_magicvideo/*.py"), REPO / "train.py", *REPO.glob("benchmarks/*.py")]
+    calls = 0
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                calls += 1
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert keywords.get("weights_only") == "True", f"{path.name}:{node.lineno}"
+    assert calls >= 1
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_a_tenth():
+    import math
+
+    from tiny_magicvideo.training import learning_rate_factor
+    assert learning_rate_factor(0, 10, 110) == pytest.approx(0.1)
+    assert learning_rate_factor(9, 10, 110) == pytest.approx(1.0)
+    assert learning_rate_factor(10, 10, 110) == pytest.approx(1.0)
+    # halfway through the decay: 0.1 + 0.9 * (1 + cos(pi / 2)) / 2 = 0.55
+    assert learning_rate_factor(60, 10, 110) == pytest.approx(0.55)
+    assert learning_rate_factor(35, 10, 110) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate_factor(110, 10, 110) == pytest.approx(0.1)

@@ -1,0 +1,215 @@
+"""The image autoencoder: frames <-> small latents (MagicVideo section 3.1, after LDM's AutoencoderKL).
+
+MagicVideo does not diffuse pixels. A variational autoencoder (VAE) maps each 64x64 RGB frame to a
+4-channel latent that is `downsample_factor` times smaller per side (16x16 for f = 4), and the
+diffusion model learns the distribution of those latents instead: f^2 = 16 times fewer positions
+per frame, each of them carrying more meaning than a pixel.
+
+    encoder:  x (B, 3, H, W) -> (mean, log variance), each (B, 4, H/f, W/f)
+    sample:   z = mean + sigma * eps, eps ~ N(0, I)          (the reparameterisation trick)
+    decoder:  z -> x_hat (B, 3, H, W)
+    loss:     |x - x_hat| (or squared) + kl_weight * KL(q(z|x) || N(0, I))
+
+The KL term keeps the latent space smooth and near the origin; a small weight keeps reconstructions
+sharp. After training, latents are multiplied by `scaling_factor` = 1 / std(z) so that the
+diffusion model sees unit variance (stored in the run's config.json).
+
+Every layer here is a 2D operation: video latents `(B, C, T, H, W)` have their frames folded into
+the batch first, `(B*T, C, H, W)`, by `encode_video` / `decode_video`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import VAEConfig
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups, as many as divide the channel count."""
+    groups = math.gcd(channels, 32)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResBlock2d(nn.Module):
+    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 projection when channels change."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+def level_channels(config: VAEConfig) -> list[int]:
+    """Channels at each resolution: base, then 2x base for every level below full resolution."""
+    num_downsamples = int(math.log2(config.downsample_factor))
+    return [config.base_channels * min(2 ** level, 2) for level in range(num_downsamples + 1)]
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) -> (B, 2 * latent_channels, H/f, W/f): mean and log variance, stacked."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        channels = level_channels(config)
+        self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(channels):
+            previous = channels[max(level - 1, 0)]
+            blocks = [ResBlock2d(previous if i == 0 else width, width) for i in range(config.num_res_blocks)]
+            if level < len(channels) - 1:  # halve the resolution: a strided 3x3 convolution
+                blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+            self.levels.append(nn.Sequential(*blocks))
+        self.middle = ResBlock2d(channels[-1], channels[-1])
+        self.norm_out = group_norm(channels[-1])
+        self.conv_out = nn.Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.levels:
+            h = level(h)
+        h = self.middle(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, latent_channels, H/f, W/f) -> (B, 3, H, W): the encoder mirrored."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        channels = level_channels(config)[::-1]  # lowest resolution first
+        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], 3, padding=1)
+        self.middle = ResBlock2d(channels[0], channels[0])
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(channels):
+            previous = channels[max(level - 1, 0)]
+            blocks = [ResBlock2d(previous if i == 0 else width, width) for i in range(config.num_res_blocks)]
+            if level < len(channels) - 1:  # double the resolution: nearest neighbour, then a 3x3 conv
+                blocks += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)]
+            self.levels.append(nn.Sequential(*blocks))
+        self.norm_out = group_norm(channels[-1])
+        self.conv_out = nn.Conv2d(channels[-1], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.middle(self.conv_in(z))
+        for level in self.levels:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class DiagonalGaussian:
+    """q(z | x) = N(mean, diag(sigma^2)), from the encoder's stacked (mean, log sigma^2)."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, log_variance = moments.chunk(2, dim=1)
+        self.log_variance = log_variance.clamp(-30.0, 20.0)  # keeps exp() finite early in training
+        self.std = torch.exp(0.5 * self.log_variance)  # sigma = exp(log sigma^2 / 2)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        # reparameterisation: z = mu + sigma * eps with eps ~ N(0, I), so gradients reach mu, sigma
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                          dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def kl(self) -> torch.Tensor:
+        """KL(N(mu, sigma^2) || N(0, 1)) per example, summed over latent elements: (B,).
+
+        KL = 1/2 * sum(mu^2 + sigma^2 - 1 - log sigma^2)
+        """
+        terms = self.mean ** 2 + self.log_variance.exp() - 1.0 - self.log_variance
+        return 0.5 * terms.flatten(1).sum(dim=1)
+
+
+class AutoencoderKL(nn.Module):
+    """The VAE: `encode` gives q(z | x), `decode` maps a latent back to pixels in [-1, 1]."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        if config.downsample_factor not in (4, 8):
+            raise ValueError(f"vae.downsample_factor must be 4 or 8, got {config.downsample_factor}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        factor = self.config.downsample_factor
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"expected images (B, 3, H, W) with H and W divisible by {factor}, "
+                             f"got {tuple(x.shape)}")
+        return DiagonalGaussian(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Reconstruct through a sampled latent: (x_hat, posterior)."""
+        posterior = self.encode(x)
+        return self.decode(posterior.sample(generator)), posterior
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(total loss, {"reconstruction": ..., "kl": ...}) for a batch of images in [-1, 1]."""
+        reconstruction, posterior = self(x, generator)
+        if self.config.reconstruction_loss == "l1":
+            reconstruction_loss = (reconstruction - x).abs().mean()
+        else:
+            reconstruction_loss = ((reconstruction - x) ** 2).mean()
+        kl = posterior.kl().mean()
+        total = reconstruction_loss + self.config.kl_weight * kl
+        return total, {"reconstruction": reconstruction_loss.item(), "kl": kl.item()}
+
+    # Videos: frames folded into the batch, every operation above is per frame.
+
+    def encode_video(self, video: torch.Tensor, sample: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/f, W/f)."""
+        batch, _, num_frames, _, _ = video.shape
+        frames = video.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> (B*T, C, H, W)
+        posterior = self.encode(frames)
+        z = posterior.sample(generator) if sample else posterior.mean
+        z = z * self.scaling_factor
+        return z.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B*T, c, h, w) -> (B, c, T, h, w)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, 4, T, h, w) -> (B, 3, T, H, W), each frame decoded on its own."""
+        batch, _, num_frames, _, _ = latents.shape
+        z = latents.transpose(1, 2).flatten(0, 1) / self.scaling_factor  # (B*T, c, h, w)
+        frames = self.decode(z)
+        return frames.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
+
+    @property
+    def scaling_factor(self) -> float:
+        if self.config.scaling_factor is None:
+            raise ValueError("vae.scaling_factor is not set: it is measured when the VAE stage "
+                             "finishes (python train.py --stage vae)")
+        return self.config.scaling_factor
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
+    """1 / std of sampled latents over `images` (N, 3, H, W): the factor that gives unit variance."""
+    latents = torch.cat([vae.encode(images[i:i + batch_size]).sample() for i in range(0, len(images), batch_size)])
+    return 1.0 / latents.std().item()
+
+
+def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
+    from pathlib import Path
+
+    from .config import load_run_config
+    from .training import load_weights
+
+    vae = AutoencoderKL(load_run_config(run_dir).vae)
+    load_weights(vae, Path(run_dir) / "vae.pt")
+    return vae.to(device).eval()
