@@ -17,10 +17,11 @@ import torch
 from tiny_magicvideo.config import Config, continue_run, load_run_config, parse_config
 from tiny_magicvideo.data import (check_data_config, frames_to_video, make_loader, sample_clip,
                                   video_to_frames)
+from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import psnr
-from tiny_magicvideo.pipeline import save_video, tile_clips
+from tiny_magicvideo.pipeline import TextToVideo, save_video, text_to_image_model, tile_clips
 from tiny_magicvideo.training import WEIGHTS_FILES, Stage, checkpoint_step, resolve_device, train_stage
-from tiny_magicvideo.vae import AutoencoderKL, measure_scaling_factor
+from tiny_magicvideo.vae import AutoencoderKL, load_vae, measure_scaling_factor
 
 STAGE_ORDER = ("vae", "image", "video", "videovae")
 
@@ -104,6 +105,63 @@ def draw_reconstructions(originals: torch.Tensor, reconstructed: torch.Tensor, p
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage image: text encoder + U-Net on single frames, in the frozen VAE's latent space.
+
+SAMPLE_PROMPTS = ("a red circle moving left", "a green square moving up", "a blue triangle moving right",
+                  "a yellow ball sliding down", "a magenta box going left", "a cyan triangle drifting up",
+                  "a white disc gliding right", "a green triangle moving up")
+
+
+def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
+    vae = load_vae(run_dir, device).requires_grad_(False)
+    model = text_to_image_model(config)
+    text_encoder, unet = model["text_encoder"], model["unet"]
+    diffusion = GaussianDiffusion(config.diffusion)
+
+    def batches(start_step: int):
+        return make_loader(config.data, "train", config.train.batch_size, start_step=start_step,
+                           num_steps=config.train.image_steps)
+
+    def loss(batch: dict, generator: torch.Generator):
+        video = batch["video"].to(device)  # (B, 3, T, H, W)
+        num_clips, _, num_frames = video.shape[:3]
+        picked = torch.randint(num_frames, (num_clips,), generator=generator, device=device)
+        frames = video[torch.arange(num_clips, device=device), :, picked]  # one frame a clip: (B, 3, H, W)
+        with torch.no_grad():
+            latents = vae.encode_video(frames[:, :, None])  # (B, 3, 1, H, W) -> (B, 4, 1, h, w)
+        # classifier-free guidance: the caption is dropped to "" with probability text_drop_prob
+        dropped = torch.rand(num_clips, generator=generator, device=device) < config.diffusion.text_drop_prob
+        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"])]
+        context, mask = text_encoder(captions)
+        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask), latents, generator), {}
+
+    def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
+        pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
+        images = pipeline(list(SAMPLE_PROMPTS), seed=0).frames[:, 0]  # (N, H, W, 3)
+        draw_image_grid(images, SAMPLE_PROMPTS, run_dir / "samples" / f"image_{step:06d}.png")
+
+    return Stage("image", model, loss, batches, config.train.image_steps, config.train.learning_rate,
+                 write_samples)
+
+
+def draw_image_grid(images: np.ndarray, titles, path: Path, columns: int = 4) -> None:
+    from matplotlib.figure import Figure
+
+    rows = -(-len(images) // columns)
+    figure = Figure(figsize=(2.2 * columns, 2.5 * rows), layout="constrained")
+    for axis, image, title in zip(figure.subplots(rows, columns, squeeze=False).flat, images, titles):
+        axis.imshow(image)
+        axis.set_title(title, fontsize=7)
+        axis.axis("off")
+    figure.savefig(path, dpi=100)
+
+
+def finish_image(model, config: Config, run_dir: Path, device: torch.device) -> None:
+    print(f"stage image: samples in {run_dir / 'samples'}; measure with "
+          f"python benchmarks/image_quality.py --run {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def stage_steps(config: Config, name: str) -> int:
@@ -121,7 +179,9 @@ def main(argv: list[str] | None = None) -> Path:
         check_data_config(config.data)
         device = resolve_device(config.device)
         if (run_dir / "config.json").is_file():
-            config = continue_run(load_run_config(run_dir), config)
+            started = [name for name in STAGE_ORDER if (run_dir / WEIGHTS_FILES[name]).is_file()
+                       or (run_dir / f"state_{name}.pt").is_file()]
+            config = continue_run(load_run_config(run_dir), config, started)
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
           f"of {config.data.image_size}x{config.data.image_size}")
     show_training_data(config, run_dir)
 
-    built = {"vae": (vae_stage, finish_vae)}
+    built = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image)}
     for name in [args.stage] if args.stage else STAGE_ORDER:
         if name not in built:
             print(f"stage {name}: not built yet, skipped")

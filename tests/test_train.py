@@ -8,20 +8,23 @@ from tiny_magicvideo.pipeline import load_video
 from tiny_magicvideo.training import checkpoint_step
 
 
-def test_main_job_trains_the_vae_and_skips_it_when_finished(tmp_path, capsys):
+def test_main_job_trains_every_built_stage_and_skips_finished_ones(tmp_path, capsys):
     run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     config = load_run_config(run_dir)
     assert config.preset == "smoke" and config.name == "first"
     assert config.vae.scaling_factor is not None and config.vae.scaling_factor > 0
     assert checkpoint_step(run_dir / "vae.pt") == config.train.vae_steps
-    for name in ("log.csv", "loss.png", "vae_reconstructions.png", "samples/data.gif"):
+    assert checkpoint_step(run_dir / "unet_image.pt") == config.train.image_steps
+    for name in ("log.csv", "loss.png", "vae_reconstructions.png", "samples/data.gif",
+                 f"samples/image_{config.train.image_steps:06d}.png"):
         assert (run_dir / name).is_file(), name
     assert load_video(run_dir / "samples" / "data.gif").shape[0] == config.data.num_frames
     assert not list(run_dir.glob("*.tmp"))
-    assert "stage image: not built yet" in capsys.readouterr().out
+    assert "stage video: not built yet" in capsys.readouterr().out
 
     train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
-    assert "stage vae: finished" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "stage vae: finished" in output and "stage image: finished" in output
     assert load_run_config(run_dir).vae.scaling_factor == config.vae.scaling_factor
 
     # more steps continue the finished stage from its last checkpoint
@@ -33,9 +36,11 @@ def test_main_job_trains_the_vae_and_skips_it_when_finished(tmp_path, capsys):
 
 def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run"]
-    train.main(args + ["--train.vae_steps", "2"])
+    train.main(args + ["--train.vae_steps", "2", "--stage", "vae"])
     with pytest.raises(SystemExit, match="vae.base_channels 8 -> 16.*--name NEW"):
-        train.main(args + ["--vae.base_channels", "16"])
+        train.main(args + ["--vae.base_channels", "16", "--stage", "vae"])
+    # the U-Net has not been trained in this run yet, so its settings may still change
+    train.main(args + ["--unet.base_channels", "8", "--train.image_steps", "2", "--stage", "image"])
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):

@@ -1,16 +1,86 @@
-"""From a trained run to video files.
+"""From a trained run to frames and video files.
 
-`TextToVideo` (a run directory -> generated frames) arrives with the text-to-video stage. Already
-here: the video-file end of the pipeline, used by training samples, benchmarks and lessons.
-GIF and MP4 are chosen by the file's extension; frames are uint8 (T, H, W, 3) as everywhere on disk.
+`TextToVideo.from_run(dir)` is how code outside training reads a run: prompt(s) -> text encoder ->
+DDIM with classifier-free guidance in latent space -> VAE decoder -> uint8 frames. Until the video
+stage exists it generates single images (num_frames = 1) with the text-to-image model.
+
+The file end: `save_video` writes GIF or MP4, chosen by the file's extension; frames are uint8
+(T, H, W, 3) as everywhere on disk.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import Config, load_run_config
+from .data import video_to_frames
+from .diffusion import GaussianDiffusion, classifier_free_guidance
+from .text import TextEncoder
+from .training import WEIGHTS_FILES, load_weights, resolve_device
+from .unet3d import UNet3D
+from .vae import AutoencoderKL, load_vae
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray  # uint8 (B, T, H, W, 3)
+    latents: torch.Tensor  # (B, 4, T, h, w), scaled
+
+
+def text_to_image_model(config: Config) -> nn.ModuleDict:
+    """The image stage's trainable pair, saved together in unet_image.pt."""
+    return nn.ModuleDict({"text_encoder": TextEncoder(config.text),
+                          "unet": UNet3D(config.unet, config.vae.latent_channels, config.text.width)})
+
+
+class TextToVideo:
+    def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config):
+        self.vae, self.text_encoder, self.unet, self.config = vae, text_encoder, unet, config
+        self.diffusion = GaussianDiffusion(config.diffusion)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "TextToVideo":
+        """Load a run's VAE and text-to-image model (EMA weights) from its directory."""
+        run_dir = Path(run_dir)
+        config = load_run_config(run_dir)
+        target = resolve_device(device)
+        model = text_to_image_model(config)
+        load_weights(model, run_dir / WEIGHTS_FILES["image"])
+        model.to(target).eval()
+        return cls(load_vae(run_dir, target), model["text_encoder"], model["unet"], config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.encoder.conv_in.weight.device
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], num_frames: int = 1, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
+                 progress: bool = False) -> VideoOutput:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if num_frames != 1:
+            raise ValueError(f"num_frames={num_frames}: this model generates single images "
+                             f"(num_frames=1) until the video stage exists")
+        steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
+        scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        context, mask = self.text_encoder(prompts)
+        empty_context, empty_mask = self.text_encoder([""] * len(prompts))
+        denoiser = classifier_free_guidance(
+            self.unet, {"context": context, "context_mask": mask},
+            {"context": empty_context, "context_mask": empty_mask}, scale)
+        latent_size = self.config.data.image_size // self.config.vae.downsample_factor
+        generator = torch.Generator(self.device).manual_seed(seed)
+        noise = torch.randn((len(prompts), self.config.vae.latent_channels, num_frames, latent_size, latent_size),
+                            generator=generator, device=self.device)
+        latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
+        video = self.vae.decode_video(latents).clamp(-1, 1)
+        return VideoOutput(frames=video_to_frames(video), latents=latents)
 
 
 

@@ -1,0 +1,58 @@
+"""Measure the text-to-image model: do sampled images show the colour and shape of their prompt?
+
+    python benchmarks/image_quality.py --run runs/cpu [--samples_per_prompt 5] [--steps 25]
+
+One prompt per colour x shape of the run's data config ("a red circle moving left", the motion
+word cycling), `samples_per_prompt` seeds each, DDIM with `--steps` steps and the run's guidance
+scale. The attribute detector (metrics.py) reads colour and shape from each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+from tiny_magicvideo.metrics import detect
+from tiny_magicvideo.pipeline import TextToVideo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a run directory, e.g. runs/cpu")
+    parser.add_argument("--samples_per_prompt", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
+    args = parser.parse_args()
+    pipeline = TextToVideo.from_run(args.run, device="cpu")
+    data = pipeline.config.data
+    combos = [(colour, shape) for colour in data.colours for shape in data.shapes]
+    prompts = [f"a {colour} {shape} moving {data.motions[i % len(data.motions)]}"
+               for i, (colour, shape) in enumerate(combos)]
+    scale = pipeline.config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
+
+    hits = defaultdict(lambda: [0, 0])  # key -> [matches, total]
+    start = time.perf_counter()
+    for seed in range(args.samples_per_prompt):
+        images = pipeline(prompts, num_inference_steps=args.steps, guidance_scale=scale, seed=seed).frames
+        for (colour, shape), image in zip(combos, images[:, 0]):
+            detection = detect(image)
+            for key, ok in (("colour", detection.colour == colour), ("shape", detection.shape == shape),
+                            ("both", detection.colour == colour and detection.shape == shape),
+                            ("unreadable", detection.reason != ""),
+                            (f"colour {colour}", detection.colour == colour),
+                            (f"shape {shape}", detection.shape == shape)):
+                hits[key][0] += ok
+                hits[key][1] += 1
+    seconds = time.perf_counter() - start
+    total = hits["colour"][1]
+    print(f"{args.run}: {total} images ({len(prompts)} prompts x {args.samples_per_prompt} seeds), "
+          f"DDIM {args.steps} steps, guidance scale {scale}, {seconds:.0f} s "
+          f"({seconds / total:.2f} s an image on the CPU)\n")
+    print("| measure | images | share |\n|---|---|---|")
+    for key, (matches, count) in hits.items():
+        print(f"| {key} | {count} | {100 * matches / count:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

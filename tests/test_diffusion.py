@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+
+from tiny_magicvideo.config import DiffusionConfig
+from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance, make_betas
+
+
+def test_schedules_match_their_definitions():
+    linear = make_betas("linear", 1000, 1e-4, 0.02)
+    assert linear[0].item() == pytest.approx(1e-4) and linear[-1].item() == pytest.approx(0.02)
+    assert torch.allclose(linear[1:] - linear[:-1], torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+    scaled = make_betas("scaled_linear", 1000, 0.00085, 0.012)
+    assert torch.allclose(scaled.sqrt(), torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64))
+    cosine = make_betas("cosine", 1000, 0, 0)
+    abar = torch.cumprod(1 - cosine, 0)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    for t in (0, 250, 500, 900):  # abar_t = f(t+1) / f(0) for steps counted from 0
+        assert abar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown noise schedule"):
+        make_betas("quadratic", 10, 0.1, 0.2)
+
+
+def test_named_tensors_follow_their_formulas():
+    d = GaussianDiffusion(DiffusionConfig())
+    t = 500
+    assert d.alphas_cumprod[t].item() == pytest.approx(torch.prod(1 - d.betas[:t + 1]).item())
+    assert d.alphas_cumprod_prev[t] == d.alphas_cumprod[t - 1] and d.alphas_cumprod_prev[0] == 1
+    # posterior q(x_{t-1} | x_t, x_0) by Bayes from two Gaussians, for scalars
+    beta, abar, abar_prev = d.betas[t], d.alphas_cumprod[t], d.alphas_cumprod_prev[t]
+    # prior x_{t-1} ~ N(sqrt(abar_prev) x0, 1 - abar_prev), likelihood x_t ~ N(sqrt(1-beta) x_{t-1}, beta)
+    variance = 1 / (1 / (1 - abar_prev) + (1 - beta) / beta)
+    assert d.posterior_variance[t].item() == pytest.approx(variance.item())
+    assert d.posterior_mean_coef_x0[t].item() == pytest.approx((variance * abar_prev.sqrt() / (1 - abar_prev)).item())
+    assert d.posterior_mean_coef_xt[t].item() == pytest.approx((variance * (1 - beta).sqrt() / beta).item())
+
+
+def test_q_sample_has_the_marginal_mean_and_variance():
+    d = GaussianDiffusion(DiffusionConfig())
+    x0 = torch.full((20000, 1), 2.0)
+    t = torch.full((20000,), 300)
+    x_t = d.q_sample(x0, t, torch.randn(20000, 1, generator=torch.Generator().manual_seed(0)))
+    abar = d.alphas_cumprod[300].item()
+    assert x_t.mean().item() == pytest.approx(2 * math.sqrt(abar), abs=0.02)
+    assert x_t.var().item() == pytest.approx(1 - abar, rel=0.03)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predictions_invert_to_x0_and_eps(prediction_type):
+    d = GaussianDiffusion(DiffusionConfig(prediction_type=prediction_type))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    x_t = d.q_sample(x0, t, noise)
+    output = noise if prediction_type == "epsilon" else d.velocity(x0, t, noise)
+    x0_back, eps_back = d.predict_x0_and_eps(output, x_t, t)
+    assert torch.allclose(x0_back, x0, atol=1e-3) and torch.allclose(eps_back, noise, atol=1e-4)
+
+
+def gaussian_denoiser(d: GaussianDiffusion, mean: float, std: float):
+    """The exact eps prediction for data N(mean, std^2): E[eps | x_t]."""
+    def model(x, t):
+        abar = d.at(d.alphas_cumprod, t, x)
+        return (1 - abar).sqrt() * (x - abar.sqrt() * mean) / (abar * std ** 2 + 1 - abar)
+    return model
+
+
+def test_ddim_eta_zero_is_deterministic_and_reproduces_its_inversion():
+    d = GaussianDiffusion(DiffusionConfig())
+    model = gaussian_denoiser(d, mean=1.0, std=0.5)
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    first = d.ddim_sample(model, noise, 50, eta=0.0, progress=False)
+    again = d.ddim_sample(model, noise, 50, eta=0.0, generator=torch.Generator().manual_seed(9), progress=False)
+    assert torch.equal(first, again)
+    # DDIM inversion uses the noise estimate of the point it leaves, a first-order approximation:
+    # its error shrinks in proportion to the step size, and is small with all 1,000 steps
+    errors = {}
+    for steps in (50, 200, 1000):
+        sample = d.ddim_sample(model, noise, steps, progress=False)
+        inverted = d.ddim_invert(model, sample, steps)
+        errors[steps] = (inverted - noise).abs().max().item()
+        round_trip = (d.ddim_sample(model, inverted, steps, progress=False) - sample).abs().max().item()
+    assert errors[200] < errors[50] / 3 and errors[1000] < errors[200] / 3
+    assert errors[1000] < 0.03 and round_trip < 0.015
+
+
+def test_ddim_really_skips_steps():
+    d = GaussianDiffusion(DiffusionConfig())
+    calls = []
+    d.ddim_sample(lambda x, t: calls.append(t[0].item()) or torch.zeros_like(x), torch.zeros(1, 1), 10,
+                  progress=False)
+    assert calls == d.ddim_timesteps(10).tolist() and len(calls) == 10 and calls[0] == 999 and calls[-1] == 0
+    with pytest.raises(ValueError, match="num_inference_steps must be between 1 and 1000"):
+        d.ddim_timesteps(0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim_eta_0", "ddim_eta_1", "ddpm"])
+def test_samplers_with_the_exact_denoiser_recover_the_data_distribution(sampler):
+    d = GaussianDiffusion(DiffusionConfig(schedule="linear", beta_start=1e-4, beta_end=0.02))
+    model = gaussian_denoiser(d, mean=1.0, std=0.5)
+    noise = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    # few-step DDIM is a discretisation (stochastic DDIM more so): they converge as steps grow
+    if sampler == "ddpm":
+        samples = d.ddpm_sample(model, noise, g, progress=False)
+    elif sampler == "ddim_eta_0":
+        samples = d.ddim_sample(model, noise, 250, eta=0.0, progress=False)
+    else:
+        samples = d.ddim_sample(model, noise, 1000, eta=1.0, generator=g, progress=False)
+    assert samples.mean().item() == pytest.approx(1.0, abs=0.03)
+    assert samples.std().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_classifier_free_guidance_batches_both_conditions_and_mixes():
+    seen = []
+
+    def model(x, t, label):
+        seen.append(label.tolist())
+        return x * 0 + label[:, None]
+
+    guided = classifier_free_guidance(model, {"label": torch.tensor([2.0])}, {"label": torch.tensor([0.5])}, 3.0)
+    out = guided(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    assert seen == [[0.5, 2.0]]  # one call, unconditional then conditional
+    assert out.item() == pytest.approx(0.5 + 3.0 * (2.0 - 0.5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_tiny_denoiser_trained_here_learns_a_2d_distribution(prediction_type):
+    """Train an MLP on a correlated 2-D Gaussian; its samples must match the mean and covariance."""
+    torch.manual_seed(0)
+    mean = torch.tensor([1.0, -0.5])
+    covariance = torch.tensor([[0.5, 0.3], [0.3, 0.4]])
+    data = torch.distributions.MultivariateNormal(mean, covariance)
+    schedule = "cosine" if prediction_type == "v_prediction" else "scaled_linear"
+    d = GaussianDiffusion(DiffusionConfig(schedule=schedule, prediction_type=prediction_type))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128),
+                              torch.nn.SiLU(), torch.nn.Linear(128, 2))
+    model = lambda x, t: net(torch.cat([x, t[:, None].float() / 1000], dim=1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        loss = d.training_loss(model, data.sample((256,)), g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        samples = d.ddim_sample(model, torch.randn(4000, 2, generator=g), 250, progress=False)
+    assert torch.allclose(samples.mean(0), mean, atol=0.07)
+    assert torch.allclose(torch.cov(samples.T), covariance, atol=0.07)
+
+
+def test_cosine_with_epsilon_prediction_warns():
+    with pytest.warns(UserWarning, match="v_prediction"):
+        GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="epsilon"))

@@ -1,0 +1,189 @@
+"""Gaussian diffusion: noise schedules, the training loss, and the DDPM and DDIM samplers.
+
+Forward process (DDPM, Ho et al. 2020, eq. 4): noise is added in T small steps,
+    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s<=t} (1 - beta_s),
+so a noisy sample of any step can be drawn at once: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+
+Training (DDPM Algorithm 1): a network sees x_t and t and predicts the noise eps (or the velocity
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, Salimans & Ho 2022); the loss is the mean squared error.
+
+Sampling runs the process backwards from pure noise: DDPM ancestral sampling (Algorithm 2) takes
+all T steps; DDIM (Song et al. 2021, eq. 12) takes `num_inference_steps` of them, deterministically
+when eta = 0. Classifier-free guidance (Ho & Salimans 2022) mixes a conditional and an
+unconditional prediction: eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond).
+
+Timesteps here run 0 .. T-1; abar at "step -1" is 1 (clean data).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from .config import DiffusionConfig
+
+# model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_betas(schedule: str, num_steps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """beta_1 .. beta_T in float64."""
+    if schedule == "linear":  # DDPM: evenly spaced variances
+        return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    if schedule == "scaled_linear":  # LDM / Stable Diffusion: evenly spaced standard deviations
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_steps, dtype=torch.float64) ** 2
+    if schedule == "cosine":  # Nichol & Dhariwal 2021: abar_t = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2)
+        s = 0.008
+        steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        alphas_cumprod = f / f[0]
+        # beta_t = 1 - abar_t / abar_{t-1}, clipped so the last steps stay well defined
+        return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown noise schedule {schedule!r}; use linear, scaled_linear or cosine")
+
+
+class GaussianDiffusion:
+    """The schedule's named tensors and the operations that use them."""
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config
+        self.num_train_timesteps = config.num_train_timesteps
+        self.prediction_type = config.prediction_type
+        betas = make_betas(config.schedule, config.num_train_timesteps, config.beta_start, config.beta_end)
+        alphas = 1.0 - betas  # alpha_t = 1 - beta_t
+        alphas_cumprod = torch.cumprod(alphas, dim=0)  # abar_t = prod_{s<=t} alpha_s
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        if config.schedule == "cosine" and config.prediction_type == "epsilon":
+            warnings.warn("the cosine schedule ends at abar_T ~ 1e-8, where an epsilon prediction's "
+                          "x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies its error ~10^4 times; "
+                          "use --diffusion.prediction_type v_prediction with it")
+        self.betas, self.alphas = betas, alphas
+        self.alphas_cumprod, self.alphas_cumprod_prev = alphas_cumprod, alphas_cumprod_prev
+        # posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, posterior_variance)  (DDPM eq. 7)
+        self.posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
+        self.posterior_mean_coef_x0 = betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)
+        self.posterior_mean_coef_xt = (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod)
+
+    def at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped (B, 1, 1, ...) to broadcast against `like`, in its dtype and device.
+
+        t = -1 stands for "before step 0", where abar = 1.
+        """
+        padded = torch.cat([values.new_ones(1), values])  # index 0 is step -1
+        picked = padded.to(like.device)[t.to(like.device) + 1].to(like.dtype)
+        return picked.reshape(-1, *([1] * (like.ndim - 1)))
+
+    # ---- forward process and training --------------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        abar = self.at(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
+        abar = self.at(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def training_loss(self, model: Denoiser, x0: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2."""
+        t = torch.randint(self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self.q_sample(x0, t, noise)
+        target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
+        return (model(x_t, t) - target).pow(2).mean()
+
+    def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
+                           t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both readings of a prediction, whichever the network was trained to give."""
+        abar = self.at(self.alphas_cumprod, t, x_t)
+        if self.prediction_type == "epsilon":
+            eps = model_output
+            x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()  # invert q_sample
+        else:
+            x0 = abar.sqrt() * x_t - (1 - abar).sqrt() * model_output  # x_0 = sqrt(abar) x_t - sqrt(1-abar) v
+            eps = (1 - abar).sqrt() * x_t + abar.sqrt() * model_output  # eps = sqrt(1-abar) x_t + sqrt(abar) v
+        return x0, eps
+
+    # ---- samplers -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def ddpm_sample(self, model: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
+                    progress: bool = True) -> torch.Tensor:
+        """DDPM Algorithm 2: x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z,
+        with sigma_t^2 the posterior variance, over all T steps from x_T = noise."""
+        x = noise
+        for step in tqdm(range(self.num_train_timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            _, eps = self.predict_x0_and_eps(model(x, t), x, t)
+            beta, alpha, abar = (self.at(v, t, x) for v in (self.betas, self.alphas, self.alphas_cumprod))
+            x = (x - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
+            if step > 0:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x + self.at(self.posterior_variance, t, x).sqrt() * z
+        return x
+
+    def ddim_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The steps DDIM visits, from T-1 down to 0, evenly spaced: (num_inference_steps,)."""
+        if not 1 <= num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be between 1 and {self.num_train_timesteps}, "
+                             f"got {num_inference_steps}")
+        return torch.linspace(self.num_train_timesteps - 1, 0, num_inference_steps).round().long()
+
+    @torch.no_grad()
+    def ddim_sample(self, model: Denoiser, noise: torch.Tensor, num_inference_steps: int = 25,
+                    eta: float = 0.0, generator: torch.Generator | None = None,
+                    progress: bool = True) -> torch.Tensor:
+        """DDIM (Song et al. eq. 12), from x_T = noise, visiting `num_inference_steps` steps:
+        x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
+        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
+        timesteps = self.ddim_timesteps(num_inference_steps)
+        previous = torch.cat([timesteps[1:], torch.tensor([-1])])  # step -1: clean data
+        x = noise
+        for step, prev_step in tqdm(list(zip(timesteps.tolist(), previous.tolist())), desc="DDIM",
+                                    disable=not progress):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            t_prev = torch.full_like(t, prev_step)
+            x0, eps = self.predict_x0_and_eps(model(x, t), x, t)
+            abar, abar_prev = self.at(self.alphas_cumprod, t, x), self.at(self.alphas_cumprod, t_prev, x)
+            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+            if eta > 0 and prev_step >= 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x
+
+    @torch.no_grad()
+    def ddim_invert(self, model: Denoiser, x0: torch.Tensor, num_inference_steps: int = 25) -> torch.Tensor:
+        """Run deterministic DDIM forwards, clean data -> x_T: the latent that ddim_sample with eta = 0
+        maps back to x0 (up to discretisation error)."""
+        timesteps = self.ddim_timesteps(num_inference_steps).flip(0)  # 0 .. T-1
+        previous = torch.cat([torch.tensor([-1]), timesteps[:-1]])
+        x = x0
+        for step, prev_step in zip(timesteps.tolist(), previous.tolist()):
+            t_prev = torch.full((x.shape[0],), prev_step, device=x.device, dtype=torch.long)
+            t = torch.full_like(t_prev, step)
+            # the noise estimate at the less noisy point stands in for the one at t
+            x0_estimate, eps = self.predict_x0_and_eps(model(x, t_prev.clamp(min=0)), x, t_prev)
+            abar = self.at(self.alphas_cumprod, t, x)
+            x = abar.sqrt() * x0_estimate + (1 - abar).sqrt() * eps
+        return x
+
+
+def classifier_free_guidance(model: Callable[..., torch.Tensor], conditional: dict, unconditional: dict,
+                             guidance_scale: float) -> Denoiser:
+    """A denoiser that runs `model(x_t, t, **condition)` on both conditions in one batch and mixes:
+    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond). Scale 1 is the conditional model."""
+    both = {key: torch.cat([unconditional[key], conditional[key]]) for key in conditional}
+
+    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            return model(x_t, t, **conditional)
+        uncond, cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    return guided
