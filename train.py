@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"error: {error}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config.json", config.to_json())
+    torch.manual_seed(config.seed)  # the models' initial weights
     print(f"run {run_dir} (preset {config.preset}, device {device}): {config.data.num_frames} frames "
           f"of {config.data.image_size}x{config.data.image_size}")
     show_training_data(config, run_dir)
