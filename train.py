@@ -14,23 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiny_magicvideo.config import Config, continue_run, load_run_config, parse_config
+from tiny_magicvideo.config import Config, parse_config
 from tiny_magicvideo.data import (check_data_config, frames_to_video, make_loader, sample_clip,
                                   video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import psnr
 from tiny_magicvideo.pipeline import TextToVideo, save_video, text_to_image_model, tile_clips
-from tiny_magicvideo.training import WEIGHTS_FILES, Stage, checkpoint_step, resolve_device, train_stage
+from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, resolve_device,
+                                      train_stage, write_text_atomically)
 from tiny_magicvideo.vae import AutoencoderKL, load_vae, measure_scaling_factor
 
 STAGE_ORDER = ("vae", "image", "video", "videovae")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a killed process never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
@@ -63,10 +57,7 @@ def vae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
 
     def write_samples(ema_vae: AutoencoderKL, step: int) -> None:
         """A GIF of 8 validation clips, originals above their reconstructions."""
-        num_clips, _, num_frames = preview.shape[:3]
-        frames = preview.transpose(1, 2).flatten(0, 1)  # (B, 3, T, H, W) -> (B*T, 3, H, W)
-        reconstructed = ema_vae.decode(ema_vae.encode(frames).mean).clamp(-1, 1)
-        reconstructed = reconstructed.unflatten(0, (num_clips, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
+        reconstructed = ema_vae.reconstruct_video(preview)  # (B, 3, T, H, W)
         clips = video_to_frames(torch.cat([preview, reconstructed]))  # (2B, T, H, W, 3)
         save_video(tile_clips(clips, columns=len(preview)), run_dir / "samples" / f"vae_{step:06d}.gif")
 
@@ -178,10 +169,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         check_data_config(config.data)
         device = resolve_device(config.device)
-        if (run_dir / "config.json").is_file():
-            started = [name for name in STAGE_ORDER if (run_dir / WEIGHTS_FILES[name]).is_file()
-                       or (run_dir / f"state_{name}.pt").is_file()]
-            config = continue_run(load_run_config(run_dir), config, started)
+        config = continue_run(run_dir, config)
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,26 +14,17 @@ import time
 
 import torch
 
-from tiny_magicvideo.config import load_run_config
 from tiny_magicvideo.data import frames_to_video, sample_clip, video_to_frames
 from tiny_magicvideo.metrics import ATTRIBUTES, attribute_matches, detect, psnr
-from tiny_magicvideo.training import checkpoint_step
+from tiny_magicvideo.training import checkpoint_step, load_run_config
 from tiny_magicvideo.vae import load_vae
 
 
 @torch.no_grad()
-def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) -> the same clips through the VAE, frame by frame."""
-    num_clips, _, num_frames = video.shape[:3]
-    frames = video.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W)
-    decoded = vae.decode(vae.encode(frames).mean).clamp(-1, 1)
-    return decoded.unflatten(0, (num_clips, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
-
-
 def evaluate(vae, config, split: str, num_clips: int) -> dict:
     originals = torch.stack([frames_to_video(sample_clip(config.data, split, i)[0])
                              for i in range(num_clips)])
-    reconstructed = torch.cat([reconstruct(vae, originals[i:i + 16]) for i in range(0, num_clips, 16)])
+    reconstructed = torch.cat([vae.reconstruct_video(originals[i:i + 16]) for i in range(0, num_clips, 16)])
     frames_psnr = psnr(reconstructed.transpose(1, 2).flatten(0, 1), originals.transpose(1, 2).flatten(0, 1))
     same = {name: 0 for name in (*ATTRIBUTES, "all")}
     for original, copy in zip(video_to_frames(originals), video_to_frames(reconstructed)):

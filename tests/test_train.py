@@ -3,9 +3,8 @@
 import pytest
 
 import train
-from tiny_magicvideo.config import load_run_config
 from tiny_magicvideo.pipeline import load_video
-from tiny_magicvideo.training import checkpoint_step
+from tiny_magicvideo.training import checkpoint_step, load_run_config
 
 
 def test_main_job_trains_every_built_stage_and_skips_finished_ones(tmp_path, capsys):

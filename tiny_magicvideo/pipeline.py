@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import Config, load_run_config
+from .config import Config
 from .data import video_to_frames
 from .diffusion import GaussianDiffusion, classifier_free_guidance
 from .text import TextEncoder
-from .training import WEIGHTS_FILES, load_weights, resolve_device
+from .training import WEIGHTS_FILES, load_run_config, load_weights, resolve_device
 from .unet3d import UNet3D
 from .vae import AutoencoderKL, load_vae
 

@@ -22,6 +22,7 @@ the step: tensors only, read back with torch.load(weights_only=True).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -122,6 +123,72 @@ def checkpoint_step(path: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# A run directory's config.json.
+
+# The config sections each stage's weights depend on: once a stage has written a checkpoint, they
+# may not change for that run.
+STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet", "diffusion"),
+                  "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
+# settings that never change what is trained (the last two are only used when sampling)
+RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps")
+
+
+def load_run_config(run_dir) -> Config:
+    """The resolved config a run directory was trained with."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no config.json: is it a run directory made by "
+                                f"python train.py? (runs are under runs/<name>)")
+    try:
+        return Config.from_json(path.read_text())
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a valid run config: {error}") from error
+
+
+def continue_run(run_dir: Path, requested: Config) -> Config:
+    """The config to continue the run in `run_dir` with (`requested` if it is a new run), plus what
+    the run has measured already.
+
+    Changing a setting that a started stage's checkpoints depend on is an error naming the fields;
+    anything else (the train section, sections of stages not started yet) may change.
+    """
+    if not (run_dir / "config.json").is_file():
+        return requested
+    saved = load_run_config(run_dir)
+    started_stages = [stage for stage, weights in WEIGHTS_FILES.items()
+                      if (run_dir / weights).is_file() or (run_dir / f"state_{stage}.pt").is_file()]
+    frozen = {section for stage in started_stages for section in STAGE_SECTIONS[stage]}
+    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
+    changed = [key for key in new if old.get(key) != new[key] and key.split(".")[0] in frozen
+               and key != "vae.scaling_factor" and key not in RESUMABLE_KEYS]
+    if changed:
+        details = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
+        raise ValueError(f"run {requested.name!r} was made with other settings ({details}) and its "
+                         f"stages {', '.join(started_stages)} depend on them; start a new run with "
+                         f"--name NEW, or drop those options")
+    merged = Config.from_dict(requested.to_dict())
+    merged.vae.scaling_factor = saved.vae.scaling_factor
+    return merged
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a killed process never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
 # Logging.
 
 
@@ -134,12 +201,11 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def write_log(run_dir: Path, rows: list[dict]) -> None:
-    temporary = run_dir / "log.csv.tmp"
-    with temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(run_dir / "log.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(run_dir / "log.csv", text.getvalue())
 
 
 def plot_log(run_dir: Path) -> None:

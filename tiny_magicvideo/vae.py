@@ -188,6 +188,13 @@ class AutoencoderKL(nn.Module):
         frames = self.decode(z)
         return frames.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
 
+    def reconstruct_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the same clips through encoder (posterior mean) and decoder, in [-1, 1]."""
+        batch, _, num_frames, _, _ = video.shape
+        frames = video.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> (B*T, C, H, W)
+        decoded = self.decode(self.encode(frames).mean).clamp(-1, 1)
+        return decoded.unflatten(0, (batch, num_frames)).transpose(1, 2)  # -> (B, 3, T, H, W)
+
     @property
     def scaling_factor(self) -> float:
         if self.config.scaling_factor is None:
@@ -207,8 +214,7 @@ def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
     """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
     from pathlib import Path
 
-    from .config import load_run_config
-    from .training import load_weights
+    from .training import load_run_config, load_weights
 
     vae = AutoencoderKL(load_run_config(run_dir).vae)
     load_weights(vae, Path(run_dir) / "vae.pt")
