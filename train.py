@@ -19,9 +19,11 @@ from tiny_magicvideo.data import (check_data_config, frames_to_video, make_loade
                                   video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import psnr
-from tiny_magicvideo.pipeline import TextToVideo, save_video, text_to_image_model, tile_clips
-from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, resolve_device,
-                                      train_stage, write_text_atomically)
+from tiny_magicvideo.pipeline import (TextToVideo, save_video, text_to_image_model, text_to_video_model,
+                                      tile_clips)
+from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, load_weights,
+                                      resolve_device, train_stage, write_text_atomically)
+from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, load_vae, measure_scaling_factor
 
 STAGE_ORDER = ("vae", "image", "video", "videovae")
@@ -153,6 +155,52 @@ def finish_image(model, config: Config, run_dir: Path, device: torch.device) -> 
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage video: the image U-Net inflated (frame adaptors, temporal attention, frame rate) on clips.
+
+
+def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
+    vae = load_vae(run_dir, device).requires_grad_(False)
+    image_model = text_to_image_model(config)
+    load_weights(image_model, run_dir / WEIGHTS_FILES["image"])  # the image stage's EMA weights
+    model = text_to_video_model(image_model, config)
+    text_encoder, unet = model["text_encoder"], model["unet"]
+    trainable = config.unet.video_trainable
+    set_trainable(unet, trainable)
+    text_encoder.requires_grad_(trainable == "all")
+    diffusion = GaussianDiffusion(config.diffusion)
+    sample_fps = [config.data.fps / stride for stride in config.data.frame_strides]
+
+    def batches(start_step: int):
+        return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
+                           num_steps=config.train.video_steps)
+
+    def loss(batch: dict, generator: torch.Generator):
+        video, fps = batch["video"].to(device), batch["fps"].to(device)  # (B, 3, T, H, W), (B,)
+        with torch.no_grad():
+            latents = vae.encode_video(video)  # (B, 4, T, h, w)
+        dropped = torch.rand(len(video), generator=generator, device=device) < config.diffusion.text_drop_prob
+        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"])]
+        context, mask = text_encoder(captions)
+        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator), {}
+
+    def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
+        """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
+        pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
+        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames for fps in sample_fps])
+        save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
+                   fps=config.data.fps)
+
+    return Stage("video", model, loss, batches, config.train.video_steps, config.train.learning_rate,
+                 write_samples)
+
+
+def finish_video(model, config: Config, run_dir: Path, device: torch.device) -> None:
+    print(f"stage video: samples in {run_dir / 'samples'}; measure with "
+          f"python benchmarks/video_quality.py --run {run_dir}; sample with "
+          f"python sample.py --run {run_dir} --prompt \"a red circle moving left\"")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def stage_steps(config: Config, name: str) -> int:
@@ -179,7 +227,8 @@ def main(argv: list[str] | None = None) -> Path:
           f"of {config.data.image_size}x{config.data.image_size}")
     show_training_data(config, run_dir)
 
-    built = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image)}
+    built = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image),
+             "video": (video_stage, finish_video)}
     for name in [args.stage] if args.stage else STAGE_ORDER:
         if name not in built:
             print(f"stage {name}: not built yet, skipped")

@@ -7,3 +7,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if str(item.path).endswith(".ipynb"):
             item.add_marker(pytest.mark.notebooks)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A run of every built stage on the smoke preset (seconds on a CPU), shared by the tests."""
+    import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    return train.main(["--preset", "smoke", "--runs_dir", str(runs), "--name", "pipeline"])

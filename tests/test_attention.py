@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from tiny_magicvideo.attention import MultiHeadAttention, SpatialTransformer, scaled_dot_product_attention
+from tiny_magicvideo.attention import (MultiHeadAttention, SpatialTransformer, TemporalAttention, causal_mask,
+                                       scaled_dot_product_attention)
 
 
 def test_explicit_attention_is_the_formula_and_agrees_with_the_fused_kernel():
@@ -40,3 +41,58 @@ def test_spatial_transformer_keeps_shapes_and_frames_apart():
     x_changed = x.clone()
     x_changed[2] += 1.0  # another frame (batch entry) changes
     assert torch.allclose(transformer(x_changed, context, None)[:2], out[:2], atol=1e-6)
+
+
+def test_causal_mask_lets_frame_i_see_frames_0_to_i():
+    assert causal_mask(4).tolist() == [[True, False, False, False], [True, True, False, False],
+                                       [True, True, True, False], [True, True, True, True]]
+
+
+def moved_off_initial_values(module: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(1)
+    for parameter in module.parameters():
+        parameter.data.add_(0.1 * torch.randn_like(parameter))
+    return module
+
+
+def test_temporal_attention_starts_at_zero():
+    torch.manual_seed(0)
+    temporal = TemporalAttention(16, 4, max_frames=6)
+    assert temporal(torch.randn(2 * 6, 16, 3, 3), num_frames=6).abs().max() == 0
+
+
+def test_temporal_attention_weights_are_causal_and_masked_before_the_softmax():
+    temporal = moved_off_initial_values(TemporalAttention(16, 4, max_frames=5))
+    temporal.attention.fused = False  # the explicit formula, so the softmax weights can be read
+    weights = []
+    original = torch.Tensor.softmax
+
+    def record(logits, dim):
+        out = original(logits, dim=dim)
+        weights.append(out)
+        return out
+
+    torch.Tensor.softmax = record
+    try:
+        temporal(torch.randn(5, 16, 2, 2), num_frames=5)
+    finally:
+        torch.Tensor.softmax = original
+    (w,) = weights  # (B*H*W, heads, T, T)
+    assert torch.equal(w[..., ~causal_mask(5)], torch.zeros_like(w[..., ~causal_mask(5)]))
+    assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]))  # rows still sum to 1: masked before
+    assert (w[..., causal_mask(5)] > 0).all()
+
+
+def test_temporal_attention_mixes_frames_only_forwards_and_only_within_a_clip():
+    temporal = moved_off_initial_values(TemporalAttention(16, 4, max_frames=4))
+    for fused in (True, False):
+        temporal.attention.fused = fused
+        x = torch.randn(2 * 4, 16, 3, 3)  # (B*T, C, H, W), batch 2 of 4 frames
+        out = temporal(x, num_frames=4).unflatten(0, (2, 4))  # (B, T, C, H, W)
+        changed = x.clone().unflatten(0, (2, 4))
+        changed[0, 2, :, 1, 1] += 1.0  # clip 0, frame 2, location (1, 1)
+        new = temporal(changed.flatten(0, 1), num_frames=4).unflatten(0, (2, 4))
+        difference = (new - out).abs().sum(2)  # (B, T, H, W)
+        assert difference[1].max() == 0  # the other clip
+        assert difference[0, :2].max() < 1e-6  # earlier frames
+        assert (difference[0, 2:, 1, 1] > 1e-4).all()  # frame 2 and later at that location

@@ -128,6 +128,9 @@ def test_objects_stay_whole_inside_the_frame():
     ({"speed_range": (1.0, 9.0)}, "does not fit"),
     ({"held_out": ("green pentagon up",)}, "held-out combination 'green pentagon up'"),
     ({"two_objects_prob": 1.5}, "probabilities"),
+    ({"frame_strides": (1, 3), "num_frames": 16}, "does not fit.*stride 3"),
+    ({"frame_strides": (0, 1)}, "frame_strides must be whole numbers >= 1"),
+    ({"fps": 0.0}, "data.fps must be positive"),
 ])
 def test_bad_data_configs_raise_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -168,3 +171,20 @@ def test_step_batches_depend_on_the_step_alone():
     assert full[:3] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]  # wraps around
     assert list(StepBatchSampler(10, 4, start_step=3, num_steps=5)) == full[3:]
     assert list(StepBatchSampler(10, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # one pass
+
+
+def test_frame_strides_scale_the_motion_and_set_the_frame_rate():
+    config = DataConfig(num_frames=8, speed_range=(1.0, 1.5), frame_strides=(1, 2), fps=8.0)
+    seen = set()
+    for index in range(40):
+        _, caption, attributes = sample_clip(config, "train", index)
+        stride, speed = attributes["stride"], attributes["objects"][0]["speed"]
+        seen.add(stride)
+        assert attributes["fps"] == 8.0 / stride
+        assert 1.0 * stride <= speed <= 1.5 * stride  # px per frame of the clip
+        # speed words describe the source motion, whatever the frame rate
+        if " slowly " in f" {caption} ":
+            assert speed / stride < 1.25
+    assert seen == {1, 2}
+    batch = next(iter(make_loader(config, batch_size=4, num_workers=0, num_steps=1)))
+    assert batch["fps"].tolist() == [item["fps"] for item in batch["attributes"]]

@@ -2,34 +2,69 @@ import numpy as np
 import pytest
 
 import train
-from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip
+from tiny_magicvideo.training import load_run_config
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    return train.main(["--preset", "smoke", "--runs_dir", str(runs), "--name", "pipeline"])
-
-
-def test_from_run_generates_images_of_the_run_size(smoke_run):
+def test_from_run_generates_clips_of_the_run_size(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    assert pipeline.unet.is_video
     output = pipeline(["a red circle moving left", "a blue square moving up"], num_inference_steps=3)
-    assert output.frames.shape == (2, 1, 32, 32, 3) and output.frames.dtype == np.uint8
-    assert output.latents.shape == (2, 4, 1, 8, 8)
+    assert output.frames.shape == (2, 4, 32, 32, 3) and output.frames.dtype == np.uint8
+    assert output.latents.shape == (2, 4, 4, 8, 8)
+    assert pipeline("a red circle", num_frames=2, num_inference_steps=2, fps=4.0).frames.shape == (1, 2, 32, 32, 3)
 
 
-def test_a_fixed_seed_gives_the_same_images(smoke_run):
+def test_the_image_model_of_a_run_still_loads(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu", stage="image")
+    assert not pipeline.unet.is_video
+    assert pipeline("a red circle moving left", num_inference_steps=2).frames.shape == (1, 1, 32, 32, 3)
+    with pytest.raises(ValueError, match="num_frames=8.*single images"):
+        pipeline("a red circle", num_frames=8)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_fixed_seed_gives_the_same_clips(smoke_run, eta):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
-    first = pipeline("a red circle moving left", num_inference_steps=3, seed=7).frames
-    assert np.array_equal(first, pipeline("a red circle moving left", num_inference_steps=3, seed=7).frames)
-    assert not np.array_equal(first, pipeline("a red circle moving left", num_inference_steps=3, seed=8).frames)
+
+    def sample(seed, fps=8.0):
+        return pipeline("a red circle moving left", num_inference_steps=3, seed=seed, eta=eta, fps=fps).frames
+
+    first = sample(7)
+    assert np.array_equal(first, sample(7))
+    assert not np.array_equal(first, sample(8))
+
+
+def test_frame_rate_changes_the_clip(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    slow, fast = (pipeline("a red circle moving left", num_inference_steps=3, fps=fps).latents for fps in (8.0, 4.0))
+    assert not np.allclose(slow.numpy(), fast.numpy())
 
 
 def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     with pytest.raises(ValueError, match="num_inference_steps must be between 1 and 1000, got 0"):
         pipeline("a red circle", num_inference_steps=0)
-    with pytest.raises(ValueError, match="num_frames=8.*single images"):
+    with pytest.raises(ValueError, match="num_frames=8: this model makes clips of 1 to 4 frames"):
         pipeline("a red circle", num_frames=8)
+    with pytest.raises(ValueError, match="fps=0: the frame rate must be positive; this run trained on 8, 4"):
+        pipeline("a red circle", fps=0)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         TextToVideo.from_run(tmp_path)
+    with pytest.raises(ValueError, match="stage must be 'video' or 'image'"):
+        TextToVideo.from_run(smoke_run, stage="audio")
+
+
+def test_a_run_without_the_video_stage_is_a_clear_error(tmp_path):
+    run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "vae"])
+    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "image"])
+    assert not TextToVideo.from_run(run_dir).unet.is_video  # the image model, by default
+    with pytest.raises(FileNotFoundError, match="no video model.*--stage video"):
+        TextToVideo.from_run(run_dir, stage="video")
+
+
+def test_save_strip_puts_frames_side_by_side(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    strip = load_video(save_strip(frames, tmp_path / "strip.png", gap=2))[0]
+    assert strip.shape == (8, 3 * 10 + 2 * 2, 3)
+    assert np.array_equal(strip[:, 12:22], frames[1])

@@ -14,16 +14,19 @@ def test_main_job_trains_every_built_stage_and_skips_finished_ones(tmp_path, cap
     assert config.vae.scaling_factor is not None and config.vae.scaling_factor > 0
     assert checkpoint_step(run_dir / "vae.pt") == config.train.vae_steps
     assert checkpoint_step(run_dir / "unet_image.pt") == config.train.image_steps
+    assert checkpoint_step(run_dir / "unet.pt") == config.train.video_steps
     for name in ("log.csv", "loss.png", "vae_reconstructions.png", "samples/data.gif",
                  f"samples/image_{config.train.image_steps:06d}.png"):
         assert (run_dir / name).is_file(), name
     assert load_video(run_dir / "samples" / "data.gif").shape[0] == config.data.num_frames
+    video_samples = load_video(run_dir / "samples" / f"video_{config.train.video_steps:06d}.gif")
+    assert video_samples.shape[0] == config.data.num_frames
     assert not list(run_dir.glob("*.tmp"))
-    assert "stage video: not built yet" in capsys.readouterr().out
+    assert "stage videovae: not built yet" in capsys.readouterr().out
 
     train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     output = capsys.readouterr().out
-    assert "stage vae: finished" in output and "stage image: finished" in output
+    assert all(f"stage {name}: finished" in output for name in ("vae", "image", "video"))
     assert load_run_config(run_dir).vae.scaling_factor == config.vae.scaling_factor
 
     # more steps continue the finished stage from its last checkpoint
@@ -40,6 +43,11 @@ def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
         train.main(args + ["--vae.base_channels", "16", "--stage", "vae"])
     # the U-Net has not been trained in this run yet, so its settings may still change
     train.main(args + ["--unet.base_channels", "8", "--train.image_steps", "2", "--stage", "image"])
+    # what the video stage trains may change until the video stage starts, not after
+    args += ["--unet.base_channels", "8", "--train.video_steps", "2", "--stage", "video"]
+    train.main(args + ["--unet.video_trainable", "all"])
+    with pytest.raises(SystemExit, match="unet.video_trainable 'all' -> 'temporal'"):
+        train.main(args + ["--unet.video_trainable", "temporal"])
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import UNetConfig
-from tiny_magicvideo.unet3d import UNet3D, timestep_embedding
+from tiny_magicvideo.attention import TemporalAttention
+from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
 TINY = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
 
@@ -60,3 +61,107 @@ def test_latent_sizes_the_levels_cannot_halve_are_clear_errors():
     unet = UNet3D(UNetConfig(base_channels=16, channel_mults=(1, 2, 2), num_heads=2), 4, 8)
     with pytest.raises(ValueError, match="latent size 6x6 is not divisible by 4"):
         unet(torch.randn(1, 4, 1, 6, 6), torch.tensor([1]), torch.randn(1, 5, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Video mode: frame-wise adaptors, directed temporal attention, frame-rate embedding, inflation.
+
+FPS = torch.tensor([8.0, 4.0])
+
+
+def video_trained_a_little(max_frames=4):
+    """An inflated U-Net with every weight moved off its initial value (zero-init layers included),
+    so that properties which only hold at initialisation cannot pass by accident."""
+    video = UNet3D.from_image(trained_a_little(), max_frames)
+    torch.manual_seed(1)
+    for parameter in video.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    return video
+
+
+def test_frame_adaptor_starts_as_the_identity_and_scales_each_frame_by_its_own_values():
+    adaptor = FrameAdaptor(channels=3, max_frames=4)
+    z = torch.randn(2 * 4, 3, 5, 5)  # (B*T, C, H, W)
+    assert torch.equal(adaptor(z, num_frames=4), z)
+    with torch.no_grad():
+        adaptor.scale.copy_(torch.randn(4, 3))
+        adaptor.shift.copy_(torch.randn(4, 3))
+    out = adaptor(z, num_frames=4).unflatten(0, (2, 4))
+    clips = z.unflatten(0, (2, 4))
+    for i in range(4):  # z_i = S_i * z_i + B_i, per channel
+        expected = adaptor.scale[i][:, None, None] * clips[:, i] + adaptor.shift[i][:, None, None]
+        assert torch.allclose(out[:, i], expected)
+
+
+def test_image_mode_has_no_video_parameters():
+    unet = UNet3D(TINY, latent_channels=4, context_width=8)
+    assert unet.video_parameter_names() == [] and not unet.is_video
+    assert not any(isinstance(m, (FrameAdaptor, TemporalAttention)) for m in unet.modules())
+
+
+def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame():
+    image = trained_a_little()
+    video = UNet3D.from_image(image, max_frames=4)
+    # every image weight is reused unchanged
+    video_state = video.state_dict()
+    assert all(torch.equal(value, video_state[name]) for name, value in image.state_dict().items())
+    x, t, context = torch.randn(2, 4, 4, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
+    frame_by_frame = torch.cat([image(x[:, :, i:i + 1], t, context) for i in range(4)], dim=2)
+    for fps in (FPS, torch.tensor([1.0, 30.0])):
+        out = video(x, t, context, fps=fps)
+        assert torch.equal(out, image(x, t, context))  # bit for bit, the same batch layout
+        assert torch.allclose(out, frame_by_frame, atol=1e-5)  # (summation order differs by batch size)
+
+
+def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unchanged():
+    video = video_trained_a_little(max_frames=5)
+    x, t, context = torch.randn(2, 4, 5, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
+    out = video(x, t, context, fps=FPS)
+    for k in range(5):
+        changed = x.clone()
+        changed[:, :, k] += torch.randn_like(changed[:, :, k])
+        new = video(changed, t, context, fps=FPS)
+        assert torch.allclose(new[:, :, :k], out[:, :, :k], atol=1e-5), k  # the past ignores frame k
+        assert (new[:, :, k:] - out[:, :, k:]).flatten(3).abs().amax(-1).min() > 1e-4, k  # the future sees it
+
+
+def test_frame_rate_reaches_the_output_once_trained():
+    video = video_trained_a_little()
+    x, t, context = torch.randn(2, 4, 4, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
+    assert not torch.allclose(video(x, t, context, fps=FPS), video(x, t, context, fps=FPS * 2))
+
+
+def test_gradients_reach_the_adaptors_temporal_attention_and_frame_rate_embedding():
+    video = UNet3D.from_image(trained_a_little(), max_frames=4)
+    set_trainable(video, "temporal")
+    trainable = {name for name, p in video.named_parameters() if p.requires_grad}
+    assert trainable == set(video.video_parameter_names())
+    assert any("adaptor" in n for n in trainable) and any("temporal" in n for n in trainable)
+    assert any(n.startswith("fps_mlp") for n in trainable)
+    frozen = {name: p.detach().clone() for name, p in video.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in video.parameters() if p.requires_grad], lr=0.1)
+    x, t, context = torch.randn(2, 4, 4, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
+    for _ in range(2):  # the zero-initialised output layers pass gradients on once they have moved
+        optimizer.zero_grad()
+        (video(x, t, context, fps=FPS) - x).square().mean().backward()
+        optimizer.step()
+    for name, parameter in video.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None and torch.equal(parameter, frozen[name]), name
+    set_trainable(video, "all")
+    assert all(p.requires_grad for p in video.parameters())
+
+
+def test_video_mode_requests_it_cannot_take_are_clear_errors():
+    video = UNet3D.from_image(trained_a_little(), max_frames=4)
+    x, t, context = torch.randn(1, 4, 5, 8, 8), torch.tensor([1]), torch.randn(1, 5, 8)
+    with pytest.raises(ValueError, match="5 frames: this video U-Net has frame adaptors for 1 to 4"):
+        video(x, t, context, fps=FPS[:1])
+    with pytest.raises(ValueError, match="needs the clips' frame rate"):
+        video(x[:, :, :4], t, context)
+    with pytest.raises(ValueError, match="already a video U-Net"):
+        UNet3D.from_image(video, 4)
+    with pytest.raises(ValueError, match="'temporal' or 'all'"):
+        set_trainable(video, "some")

@@ -1,4 +1,4 @@
-"""Attention: the explicit formula, the spatial transformer, and (video issue) temporal attention.
+"""Attention: the explicit formula, the spatial transformer, and directed temporal attention.
 
 Scaled dot-product attention (Vaswani et al. 2017): every query position i takes a weighted mean
 of the values, weighted by how well its query matches each key:
@@ -12,6 +12,15 @@ so each latent position can look up the words that concern it.
 The spatial transformer (LDM) treats each frame's H x W latent positions as H*W tokens:
 norm -> self-attention -> norm -> cross-attention to the text -> norm -> feed-forward, each with a
 residual connection, between a 1x1 projection in and a projection out.
+
+Directed temporal attention (MagicVideo section 3.3) treats each spatial location's T values as a
+sequence of T tokens, so information flows between frames: (B*T, C, H, W) -> (B*H*W, T, C). A
+causal mask applied to the logits before the softmax lets frame i attend to frames 0..i only:
+
+    mask[i, j] = (j <= i),   logits[i, j] = -inf where mask[i, j] is False
+
+so the past shapes the future and never the other way round. Its output projection starts at zero,
+so a freshly added temporal attention changes nothing.
 """
 
 from __future__ import annotations
@@ -118,3 +127,45 @@ class SpatialTransformer(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
         tokens = self.proj_out(self.block(self.proj_in(tokens), context, context_mask))
         return x + tokens.transpose(1, 2).reshape(n, c, h, w)  # (N, H*W, C) -> (N, C, H, W)
+
+
+def causal_mask(num_frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) bool, True on and below the diagonal: query frame i may attend to key frames 0..i."""
+    return torch.ones(num_frames, num_frames, dtype=torch.bool, device=device).tril()
+
+
+class TemporalAttention(nn.Module):
+    """Directed (causal) attention across the frames at every spatial location: (B*T, C, H, W) -> same.
+
+    norm -> tokens + frame-position embedding -> x + causal SelfAttn(norm x) -> x + FF(norm x)
+    -> proj_out, initialised to zero. It returns only the update, which the U-Net adds to the
+    spatial transformer's output (the two run in parallel on the same input).
+    """
+
+    def __init__(self, channels: int, num_heads: int, max_frames: int):
+        super().__init__()
+        self.max_frames = max_frames
+        self.norm = nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.frame_position = nn.Parameter(torch.randn(max_frames, channels) * 0.02)  # learned, (T_max, C)
+        self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)
+        self.attention = MultiHeadAttention(channels, num_heads)
+        self.feed_forward = FeedForward(channels)
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        frames_in_batch, c, h, w = x.shape
+        batch = frames_in_batch // num_frames
+        if num_frames > self.max_frames:
+            raise ValueError(f"{num_frames} frames, but the temporal attention has positions for "
+                             f"at most {self.max_frames}")
+        # (B*T, C, H, W) -> (B, T, C, H*W) -> (B, H*W, T, C) -> (B*H*W, T, C)
+        tokens = self.norm(x).reshape(batch, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
+        tokens = self.proj_in(tokens) + self.frame_position[:num_frames]
+        tokens = tokens + self.attention(self.norm1(tokens),
+                                         attention_mask=causal_mask(num_frames, x.device))
+        tokens = self.proj_out(tokens + self.feed_forward(self.norm2(tokens)))
+        # (B*H*W, T, C) -> (B, H*W, T, C) -> (B, T, C, H*W) -> (B*T, C, H, W)
+        return tokens.reshape(batch, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(frames_in_batch, c, h, w)

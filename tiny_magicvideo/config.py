@@ -29,7 +29,12 @@ class DataConfig:
     shapes: tuple[str, ...] = ("circle", "square", "triangle")
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan", "white")
     motions: tuple[str, ...] = ("left", "right", "up", "down")
-    speed_range: tuple[float, float] = (1.0, 2.5)  # pixels per frame, drawn uniformly
+    speed_range: tuple[float, float] = (1.0, 2.5)  # pixels per source frame, drawn uniformly
+    # Frame-rate conditioning: a clip shows every s-th frame of its source motion for a stride s
+    # drawn from frame_strides, so it plays at fps / s frames a second and moves s times as far
+    # per frame. The U-Net is told the clip's frame rate.
+    fps: float = 8.0  # frame rate of the source motion (stride 1)
+    frame_strides: tuple[int, ...] = (1,)
     size_range: tuple[float, float] = (0.09, 0.14)  # object radius as a fraction of image_size
     two_objects_prob: float = 0.0  # share of clips with a second object
     speed_word_prob: float = 0.5  # share of captions that say "slowly" or "quickly"
@@ -80,6 +85,8 @@ class UNetConfig:
     num_res_blocks: int = 1
     attention_levels: tuple[int, ...] = (1, 2)  # resolution levels with spatial transformers
     num_heads: int = 4
+    # video stage: "temporal" trains only what inflation adds (adaptors, temporal attention,
+    # frame-rate embedding), as in the paper; "all" also fine-tunes the image weights and text encoder
     video_trainable: Literal["temporal", "all"] = "temporal"
 
 
@@ -101,7 +108,8 @@ class DiffusionConfig:
 class TrainConfig:
     """The shared training loop (training.py): one set of numbers per stage where they differ."""
 
-    batch_size: int = 32
+    batch_size: int = 32  # frames for the vae and image stages
+    video_batch_size: int = 8  # clips for the video and videovae stages
     learning_rate: float = 2e-4  # the U-Net stages (image, video)
     vae_learning_rate: float = 1e-3  # the autoencoder stages (vae, videovae)
     warmup_steps: int = 100  # the learning rate rises linearly from 0 over these steps
@@ -169,7 +177,7 @@ def smoke_preset() -> Config:
     """Every stage in about a minute on a CPU: for tests and CI; quality is not judged."""
     config = Config(preset="smoke", name="smoke")
     config.data = DataConfig(
-        image_size=32, num_frames=4, speed_range=(1.0, 2.0), size_range=(0.12, 0.16),
+        image_size=32, num_frames=4, speed_range=(1.0, 2.0), frame_strides=(1, 2), size_range=(0.12, 0.16),
         num_train_clips=512, num_val_clips=32, num_workers=0,
     )
     config.vae = VAEConfig(base_channels=8)
@@ -186,7 +194,8 @@ def smoke_preset() -> Config:
 def cpu_preset() -> Config:
     """The laptop tier: 64x64 frames, 8-frame clips, the whole pipeline in under an hour."""
     config = Config(preset="cpu", name="cpu")
-    config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 4.0))
+    # 1.5-2 px a frame at 8 fps (stride 1), 3-4 px a frame at 4 fps (stride 2)
+    config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 2.0), frame_strides=(1, 2))
     config.unet = UNetConfig(base_channels=32)
     config.diffusion = latent_diffusion()
     config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000)
@@ -196,7 +205,8 @@ def cpu_preset() -> Config:
 def gpu_preset() -> Config:
     """The overnight tier on one GPU: 16-frame clips, a bigger model, mixed precision."""
     config = Config(preset="gpu", name="gpu")
-    config.data = DataConfig(image_size=64, num_frames=16, num_train_clips=200_000, num_workers=8)
+    config.data = DataConfig(image_size=64, num_frames=16, speed_range=(0.6, 1.2), frame_strides=(1, 2),
+                             num_train_clips=200_000, num_workers=8)
     config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
     config.text = TextConfig(width=256, num_layers=4, num_heads=8)
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8)

@@ -126,7 +126,7 @@ class ShapeObject:
     colour: str
     shape: str
     direction: str
-    speed: float  # pixels per frame
+    speed: float  # pixels per frame of the clip
     radius: float  # pixels
     start: tuple[float, float]  # (x, y) of the centre in frame 0
 
@@ -228,13 +228,19 @@ def check_data_config(config: DataConfig) -> None:
     slow, fast = config.speed_range
     if not 0 <= slow <= fast:
         raise ValueError(f"data.speed_range must satisfy 0 <= low <= high, got {config.speed_range}")
+    if not config.frame_strides or min(config.frame_strides) < 1:
+        raise ValueError(f"data.frame_strides must be whole numbers >= 1, got {config.frame_strides}")
+    if not config.fps > 0:
+        raise ValueError(f"data.fps must be positive, got {config.fps}")
     extent = max(SHAPE_EXTENT[s] for s in config.shapes) * high * config.image_size
-    travel = fast * (config.num_frames - 1)
+    fastest = fast * max(config.frame_strides)
+    travel = fastest * (config.num_frames - 1)
     if 2 * extent + travel + 2 > config.image_size:
         raise ValueError(
-            f"a clip does not fit: {config.num_frames} frames at {fast} px/frame travel {travel:.0f} px, "
-            f"plus an object {2 * extent:.0f} px wide, in a {config.image_size} px frame; lower "
-            f"data.speed_range or data.num_frames, or raise data.image_size")
+            f"a clip does not fit: {config.num_frames} frames at {fastest} px/frame (speed {fast} x "
+            f"stride {max(config.frame_strides)}) travel {travel:.0f} px, plus an object "
+            f"{2 * extent:.0f} px wide, in a {config.image_size} px frame; lower data.speed_range, "
+            f"data.frame_strides or data.num_frames, or raise data.image_size")
     if not 0 <= config.two_objects_prob <= 1 or not 0 <= config.speed_word_prob <= 1:
         raise ValueError("data.two_objects_prob and data.speed_word_prob are probabilities in [0, 1]")
     combos = set(all_combinations(config))
@@ -286,13 +292,17 @@ def caption_for(objects: list[ShapeObject], speed_class: list[str | None],
 def sample_clip(config: DataConfig, split: str, index: int) -> tuple[np.ndarray, str, dict]:
     """The clip at `index` of `split`: (frames uint8 (T, H, W, 3), caption, attributes).
 
-    attributes = {"num_objects": n, "objects": [ShapeObject.attributes(), ...]}.
+    attributes = {"num_objects": n, "objects": [ShapeObject.attributes(), ...], "stride": s,
+    "fps": data.fps / s}; an object's speed there is in pixels per frame of this clip.
     """
     combos = split_combinations(config, split)
     rng = np.random.default_rng([config.seed, SPLITS[split], index])
+    # (drawn only when there is a choice, so that one stride keeps the clips of earlier versions)
+    strides = config.frame_strides
+    stride = int(strides[rng.integers(len(strides))]) if len(strides) > 1 else strides[0]
     num_objects = 2 if rng.random() < config.two_objects_prob else 1
     for _ in range(100):  # redraw until two objects never overlap (one object: first try)
-        objects = [_draw_object(config, *combos[rng.integers(len(combos))], rng)
+        objects = [_draw_object(config, *combos[rng.integers(len(combos))], stride, rng)
                    for _ in range(num_objects)]
         if num_objects == 1 or _apart(*objects, config.num_frames):
             break
@@ -300,22 +310,24 @@ def sample_clip(config: DataConfig, split: str, index: int) -> tuple[np.ndarray,
         raise ValueError("could not place two separate objects; raise data.image_size or lower "
                          "data.size_range")
     low, high = config.speed_range
-    speed_class = [
+    speed_class = [  # "slowly" / "quickly" describe the source motion, whatever the frame rate
         None if obj.direction == "static" or rng.random() >= config.speed_word_prob
-        else ("slow" if obj.speed < (low + high) / 2 else "fast")
+        else ("slow" if obj.speed / stride < (low + high) / 2 else "fast")
         for obj in objects
     ]
     frames = render_clip(objects, config.num_frames, config.image_size)
     caption = caption_for(objects, speed_class, rng)
-    return frames, caption, {"num_objects": num_objects, "objects": [o.attributes() for o in objects]}
+    return frames, caption, {"num_objects": num_objects, "objects": [o.attributes() for o in objects],
+                             "stride": stride, "fps": config.fps / stride}
 
 
-def _draw_object(config: DataConfig, colour: str, shape: str, motion: str,
+def _draw_object(config: DataConfig, colour: str, shape: str, motion: str, stride: int,
                  rng: np.random.Generator) -> ShapeObject:
-    """Draw size, speed and a start such that the whole path stays inside the frame."""
+    """Draw size, speed and a start such that the whole path stays inside the frame; seen every
+    `stride`-th source frame, the object moves stride x speed pixels a frame."""
     size = config.image_size
     radius = float(rng.uniform(*config.size_range)) * size
-    speed = 0.0 if motion == "static" else float(rng.uniform(*config.speed_range))
+    speed = 0.0 if motion == "static" else stride * float(rng.uniform(*config.speed_range))
     margin = SHAPE_EXTENT[shape] * radius + 1
     travel = speed * (config.num_frames - 1) * np.array(MOTIONS[motion])  # (dx, dy)
     # the start range that keeps both ends of the path inside [margin, size - margin]
@@ -335,7 +347,7 @@ def _apart(a: ShapeObject, b: ShapeObject, num_frames: int) -> bool:
 
 
 class MovingShapes(Dataset):
-    """Moving-shapes clips as a Dataset: item i is {"video", "caption", "attributes"}.
+    """Moving-shapes clips as a Dataset: item i is {"video", "caption", "fps", "attributes"}.
 
     video: float (3, T, H, W) in [-1, 1]. Splits: "train" (training combinations), "val" (the same
     combinations, other clips) and "heldout" (the held-out combinations, for generalisation).
@@ -356,12 +368,14 @@ class MovingShapes(Dataset):
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip {index} out of range for {self.num_clips} clips")
         frames, caption, attributes = sample_clip(self.config, self.split, index)
-        return {"video": frames_to_video(frames), "caption": caption, "attributes": attributes}
+        return {"video": frames_to_video(frames), "caption": caption, "fps": attributes["fps"],
+                "attributes": attributes}
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Stack videos to (B, 3, T, H, W); captions and attributes stay lists."""
+    """Stack videos to (B, 3, T, H, W) and frame rates to (B,); captions and attributes stay lists."""
     return {"video": torch.stack([item["video"] for item in items]),
+            "fps": torch.tensor([item["fps"] for item in items], dtype=torch.float32),
             "caption": [item["caption"] for item in items],
             "attributes": [item["attributes"] for item in items]}
 

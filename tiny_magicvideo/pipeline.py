@@ -1,11 +1,12 @@
 """From a trained run to frames and video files.
 
 `TextToVideo.from_run(dir)` is how code outside training reads a run: prompt(s) -> text encoder ->
-DDIM with classifier-free guidance in latent space -> VAE decoder -> uint8 frames. Until the video
-stage exists it generates single images (num_frames = 1) with the text-to-image model.
+DDIM with classifier-free guidance in latent space, the video U-Net told the frame rate -> VAE
+decoder, frame by frame -> uint8 frames (B, T, H, W, 3). A run that has only finished the image
+stage loads as a text-to-image model (num_frames = 1).
 
-The file end: `save_video` writes GIF or MP4, chosen by the file's extension; frames are uint8
-(T, H, W, 3) as everywhere on disk.
+The file end: `save_video` writes GIF or MP4, chosen by the file's extension, and `save_strip` a
+PNG of the frames side by side; frames are uint8 (T, H, W, 3) as everywhere on disk.
 """
 
 from __future__ import annotations
@@ -39,19 +40,39 @@ def text_to_image_model(config: Config) -> nn.ModuleDict:
                           "unet": UNet3D(config.unet, config.vae.latent_channels, config.text.width)})
 
 
+def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
+    """The video stage's pair, saved together in unet.pt: the same text encoder and the image U-Net
+    inflated to clips of up to data.num_frames frames."""
+    return nn.ModuleDict({"text_encoder": image_model["text_encoder"],
+                          "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
+
+
 class TextToVideo:
     def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config):
         self.vae, self.text_encoder, self.unet, self.config = vae, text_encoder, unet, config
         self.diffusion = GaussianDiffusion(config.diffusion)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "TextToVideo":
-        """Load a run's VAE and text-to-image model (EMA weights) from its directory."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", stage: str | None = None) -> "TextToVideo":
+        """Load a run's VAE, text encoder and U-Net (EMA weights) from its directory.
+
+        stage: "video" (unet.pt), "image" (unet_image.pt), or None for the video model where the
+        run has one and the image model otherwise.
+        """
         run_dir = Path(run_dir)
         config = load_run_config(run_dir)
         target = resolve_device(device)
+        if stage is None:
+            stage = "video" if (run_dir / WEIGHTS_FILES["video"]).is_file() else "image"
+        if stage not in ("video", "image"):
+            raise ValueError(f"stage must be 'video' or 'image', got {stage!r}")
+        if stage == "video" and not (run_dir / WEIGHTS_FILES["video"]).is_file():
+            raise FileNotFoundError(f"{run_dir} has no video model ({WEIGHTS_FILES['video']}): train it "
+                                    f"with python train.py --name {run_dir.name} --stage video")
         model = text_to_image_model(config)
-        load_weights(model, run_dir / WEIGHTS_FILES["image"])
+        if stage == "video":
+            model = text_to_video_model(model, config)
+        load_weights(model, run_dir / WEIGHTS_FILES[stage])
         model.to(target).eval()
         return cls(load_vae(run_dir, target), model["text_encoder"], model["unet"], config)
 
@@ -60,28 +81,43 @@ class TextToVideo:
         return self.vae.encoder.conv_in.weight.device
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_frames: int = 1, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
+    def __call__(self, prompt: str | list[str], num_frames: int | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 fps: float | None = None, seed: int = 0, eta: float = 0.0,
                  progress: bool = False) -> VideoOutput:
+        """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
+        num_inference_steps and guidance_scale, and fps = data.fps (stride 1, the slowest motion)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if num_frames != 1:
-            raise ValueError(f"num_frames={num_frames}: this model generates single images "
-                             f"(num_frames=1) until the video stage exists")
+        data = self.config.data
+        if self.unet.is_video:
+            num_frames = data.num_frames if num_frames is None else num_frames
+            if not 1 <= num_frames <= self.unet.max_frames:
+                raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
+                                 f"{self.unet.max_frames} frames (data.num_frames of its run)")
+            fps = data.fps if fps is None else fps
+            if not fps > 0:
+                raise ValueError(f"fps={fps}: the frame rate must be positive; this run trained on "
+                                 f"{', '.join(f'{data.fps / s:g}' for s in data.frame_strides)}")
+            condition = {"fps": torch.full((len(prompts),), float(fps), device=self.device)}
+        else:
+            if num_frames not in (None, 1):
+                raise ValueError(f"num_frames={num_frames}: this is a text-to-image model (the run has "
+                                 f"no video stage yet), it makes single images (num_frames=1)")
+            num_frames, condition = 1, {}
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
         context, mask = self.text_encoder(prompts)
         empty_context, empty_mask = self.text_encoder([""] * len(prompts))
         denoiser = classifier_free_guidance(
-            self.unet, {"context": context, "context_mask": mask},
-            {"context": empty_context, "context_mask": empty_mask}, scale)
-        latent_size = self.config.data.image_size // self.config.vae.downsample_factor
+            self.unet, {"context": context, "context_mask": mask, **condition},
+            {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
+        latent_size = data.image_size // self.config.vae.downsample_factor
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = torch.randn((len(prompts), self.config.vae.latent_channels, num_frames, latent_size, latent_size),
                             generator=generator, device=self.device)
         latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
-
 
 
 def tile_clips(clips: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
@@ -114,6 +150,16 @@ def save_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
         iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
     else:
         raise ValueError(f"cannot write {path.name!r}: use a .gif or .mp4 file name")
+    return path
+
+
+def save_strip(frames: np.ndarray, path: str | Path, gap: int = 2) -> Path:
+    """Write uint8 (T, H, W, 3) frames side by side as one PNG, left to right in time."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, tile_clips(frames[:, None], columns=len(frames), gap=gap)[0])
     return path
 
 

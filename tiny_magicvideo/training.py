@@ -131,6 +131,8 @@ STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet
                   "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
 # settings that never change what is trained (the last two are only used when sampling)
 RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps")
+# settings inside a frozen section that only a later stage uses: free until that stage starts
+LATER_STAGE_KEYS = {"unet.video_trainable": "video"}
 
 
 def load_run_config(run_dir) -> Config:
@@ -160,7 +162,8 @@ def continue_run(run_dir: Path, requested: Config) -> Config:
     frozen = {section for stage in started_stages for section in STAGE_SECTIONS[stage]}
     old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
     changed = [key for key in new if old.get(key) != new[key] and key.split(".")[0] in frozen
-               and key != "vae.scaling_factor" and key not in RESUMABLE_KEYS]
+               and key != "vae.scaling_factor" and key not in RESUMABLE_KEYS
+               and LATER_STAGE_KEYS.get(key, started_stages[0]) in started_stages]
     if changed:
         details = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
         raise ValueError(f"run {requested.name!r} was made with other settings ({details}) and its "

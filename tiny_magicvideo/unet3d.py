@@ -1,20 +1,26 @@
-"""The latent U-Net (LDM, used by MagicVideo section 3.2), here in image mode.
+"""The latent U-Net (LDM, used by MagicVideo section 3.2) in image mode and, inflated, in video mode.
 
-Input: noisy latents (B, C, T, H, W), the diffusion step t (B,), and the text context (B, L, D).
-Output: the predicted noise (or velocity), the same shape as the input.
+Input: noisy latents (B, C, T, H, W), the diffusion step t (B,), the text context (B, L, D) and, in
+video mode, the clips' frame rate fps (B,). Output: the predicted noise (or velocity), same shape.
 
-In image mode every 2D operation sees the frames folded into the batch, (B*T, C, H, W), so each
-frame is an independent image: this is the text-to-image model that MagicVideo trains first and
-later inflates into a video model (frame-wise adaptors and directed temporal attention join this
-same class in the video issue).
+Every 2D operation sees the frames folded into the batch, (B*T, C, H, W). In image mode that is
+all there is: each frame is an independent image, the text-to-image model MagicVideo trains first.
+Video mode (`UNet3D.from_image`, "inflation") keeps every image weight and adds three things:
 
-    conv_in -> [ResBlock (+ SpatialTransformer)] x n, Downsample   per level, keeping skips
-            -> ResBlock, SpatialTransformer, ResBlock               in the middle
-            -> [concat skip, ResBlock (+ SpatialTransformer)] x (n+1), Upsample   per level back up
+- a frame-wise adaptor after every 2D convolution: frame i gets its own per-channel scale and
+  shift, z_i = S_i * conv(z_i) + B_i, starting at S = 1, B = 0 (the identity);
+- directed temporal attention beside every spatial transformer, on the same input, its output
+  added: h <- SpatialTransformer(h) + TemporalAttention(h), the second starting at zero;
+- a frame-rate embedding added to the step embedding, its last layer starting at zero.
+
+So a freshly inflated video U-Net computes exactly what the image U-Net computes, frame by frame,
+and training moves it away from there. Only the temporal attention mixes frames, and only causally:
+the output for frame i depends on input frames 0..i.
+
+    conv_in -> [ResBlock (+ Spatial|Temporal)] x n, Downsample   per level, keeping skips
+            -> ResBlock, Spatial|Temporal, ResBlock               in the middle
+            -> [concat skip, ResBlock (+ Spatial|Temporal)] x (n+1), Upsample   per level back up
             -> GroupNorm, SiLU, conv_out (zero-initialised: the untrained model predicts 0)
-
-The step t enters every ResBlock through a sinusoidal embedding and a small MLP; the text enters
-through the cross-attention of the spatial transformers at the lower resolutions.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import SpatialTransformer
+from .attention import SpatialTransformer, TemporalAttention
 from .config import UNetConfig
 from .vae import ResBlock2d, group_norm
 
@@ -39,74 +45,154 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-class ResBlock(ResBlock2d):
-    """The VAE's residual block with the step embedding added between its two convolutions."""
+class FrameAdaptor(nn.Module):
+    """z_i = S_i * z_i + B_i: frame i's own per-channel scale S_i and shift B_i (MagicVideo 3.3).
 
-    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int):
+    Placed after a 2D convolution whose weights all frames share; S starts at 1 and B at 0.
+    """
+
+    def __init__(self, channels: int, max_frames: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(max_frames, channels))  # S, (T_max, C)
+        self.shift = nn.Parameter(torch.zeros(max_frames, channels))  # B, (T_max, C)
+
+    def forward(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        clips = z.unflatten(0, (-1, num_frames))  # (B*T, C, H, W) -> (B, T, C, H, W)
+        scale = self.scale[:num_frames, :, None, None]  # (T, C, 1, 1), broadcast over B, H, W
+        shift = self.shift[:num_frames, :, None, None]
+        return (scale * clips + shift).flatten(0, 1)
+
+
+def adapt(adaptor: nn.Module | None, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Apply a frame-wise adaptor; in image mode there is none (None or nn.Identity): z passes."""
+    return adaptor(z, num_frames) if isinstance(adaptor, FrameAdaptor) else z
+
+
+def frame_adaptor(channels: int, max_frames: int | None) -> FrameAdaptor | None:
+    return None if max_frames is None else FrameAdaptor(channels, max_frames)
+
+
+class ResBlock(ResBlock2d):
+    """The VAE's residual block with the step embedding added between its two convolutions, and in
+    video mode a frame-wise adaptor after each of its convolutions."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, max_frames: int | None):
         super().__init__(in_channels, out_channels)
         self.embedding_projection = nn.Linear(embedding_dim, out_channels)
+        self.adaptor1 = frame_adaptor(out_channels, max_frames)
+        self.adaptor2 = frame_adaptor(out_channels, max_frames)
+        self.adaptor_skip = None if isinstance(self.skip, nn.Identity) else frame_adaptor(out_channels, max_frames)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, num_frames: int) -> torch.Tensor:
+        h = adapt(self.adaptor1, self.conv1(F.silu(self.norm1(x))), num_frames)
         h = h + self.embedding_projection(F.silu(embedding))[:, :, None, None]  # (N, C) -> (N, C, 1, 1)
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
+        h = adapt(self.adaptor2, self.conv2(F.silu(self.norm2(h))), num_frames)
+        return adapt(self.adaptor_skip, self.skip(x), num_frames) + h
 
 
 class Level(nn.Module):
-    """One resolution's ResBlocks, each followed by a spatial transformer where there is one."""
+    """One resolution's ResBlocks, each followed by a spatial transformer where there is one, and in
+    video mode a temporal attention beside each spatial transformer."""
 
-    def __init__(self, channels_in: list[int], channels: int, embedding_dim: int,
-                 attention: bool, num_heads: int, context_width: int):
+    def __init__(self, channels_in: list[int], channels: int, embedding_dim: int, attention: bool,
+                 num_heads: int, context_width: int, max_frames: int | None):
         super().__init__()
-        self.resblocks = nn.ModuleList(ResBlock(c, channels, embedding_dim) for c in channels_in)
+        self.resblocks = nn.ModuleList(ResBlock(c, channels, embedding_dim, max_frames) for c in channels_in)
         self.transformers = nn.ModuleList(
             SpatialTransformer(channels, num_heads, context_width) if attention else nn.Identity()
+            for _ in channels_in)
+        video_attention = attention and max_frames is not None
+        self.temporal = nn.ModuleList(
+            TemporalAttention(channels, num_heads, max_frames) if video_attention else nn.Identity()
             for _ in channels_in)
 
 
 class UNet3D(nn.Module):
-    def __init__(self, config: UNetConfig, latent_channels: int, context_width: int):
+    """max_frames None: image mode. An integer: video mode for clips of up to max_frames frames."""
+
+    def __init__(self, config: UNetConfig, latent_channels: int, context_width: int,
+                 max_frames: int | None = None):
         super().__init__()
-        self.config = config
+        self.config, self.max_frames = config, max_frames
+        self.latent_channels, self.context_width = latent_channels, context_width
         base = config.base_channels
         widths = [base * mult for mult in config.channel_mults]
         embedding_dim = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, embedding_dim), nn.SiLU(),
                                       nn.Linear(embedding_dim, embedding_dim))
+        if max_frames is not None:  # frame-rate conditioning, added to the step embedding
+            self.fps_mlp = nn.Sequential(nn.Linear(base, embedding_dim), nn.SiLU(),
+                                         nn.Linear(embedding_dim, embedding_dim))
+            nn.init.zeros_(self.fps_mlp[-1].weight)
+            nn.init.zeros_(self.fps_mlp[-1].bias)
         self.conv_in = nn.Conv2d(latent_channels, base, 3, padding=1)
+        self.adaptor_in = frame_adaptor(base, max_frames)
 
-        def level(inputs, width, index):
-            return Level(inputs, width, embedding_dim, index in config.attention_levels,
-                         config.num_heads, context_width)
+        def level(inputs, width, attention):
+            return Level(inputs, width, embedding_dim, attention, config.num_heads, context_width, max_frames)
 
         # down path: remember the channels of every skip connection it leaves behind
         skips, channels = [base], base
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        self.downsample_adaptors = nn.ModuleList()
         for index, width in enumerate(widths):
-            self.down.append(level([channels] + [width] * (config.num_res_blocks - 1), width, index))
+            self.down.append(level([channels] + [width] * (config.num_res_blocks - 1), width,
+                                   index in config.attention_levels))
             channels = width
             skips += [width] * config.num_res_blocks
             last = index == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(width, width, 3, stride=2, padding=1))
+            self.downsample_adaptors.append(nn.Identity() if last or max_frames is None
+                                            else FrameAdaptor(width, max_frames))
             if not last:
                 skips.append(width)
-        self.middle = Level([channels, channels], channels, embedding_dim, True, config.num_heads, context_width)
+        self.middle = level([channels, channels], channels, True)
         self.middle.transformers[1] = nn.Identity()  # ResBlock, transformer, ResBlock
+        self.middle.temporal[1] = nn.Identity()
         # up path: each ResBlock takes the previous output concatenated with one skip
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        self.upsample_adaptors = nn.ModuleList()
         for index, width in reversed(list(enumerate(widths))):
             inputs = []
             for _ in range(config.num_res_blocks + 1):
                 inputs.append(channels + skips.pop())
                 channels = width
-            self.up.append(level(inputs, width, index))
+            self.up.append(level(inputs, width, index in config.attention_levels))
             self.upsample.append(nn.Identity() if index == 0 else nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)))
+            self.upsample_adaptors.append(nn.Identity() if index == 0 or max_frames is None
+                                          else FrameAdaptor(width, max_frames))
         self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv2d(channels, latent_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.adaptor_out = frame_adaptor(latent_channels, max_frames)
+
+    @property
+    def is_video(self) -> bool:
+        return self.max_frames is not None
+
+    @classmethod
+    def from_image(cls, image_unet: "UNet3D", max_frames: int) -> "UNet3D":
+        """Inflation: the video U-Net holding every weight of `image_unet` (copied), plus fresh
+        adaptors, temporal attention and frame-rate embedding that start as the identity / zero."""
+        if image_unet.is_video:
+            raise ValueError("from_image takes an image-mode U-Net; this one is already a video U-Net")
+        video = cls(image_unet.config, image_unet.latent_channels, image_unet.context_width, max_frames)
+        video.to(next(image_unet.parameters()).device)
+        missing, unexpected = video.load_state_dict(image_unet.state_dict(), strict=False)
+        new = set(video.video_parameter_names())
+        if unexpected or set(missing) != new:  # every image weight must find its place
+            raise RuntimeError(f"inflation mismatch: unexpected {unexpected}, "
+                               f"missing {sorted(set(missing) - new)}")
+        return video
+
+    def video_parameter_names(self) -> list[str]:
+        """The parameters video mode adds: adaptors, temporal attention, frame-rate embedding."""
+        video_modules = [name for name, module in self.named_modules()
+                         if isinstance(module, (FrameAdaptor, TemporalAttention)) or name == "fps_mlp"]
+        return [name for name, _ in self.named_parameters()
+                if any(name.startswith(module + ".") for module in video_modules)]
 
     @property
     def downsampling(self) -> int:
@@ -114,39 +200,60 @@ class UNet3D(nn.Module):
         return 2 ** (len(self.config.channel_mults) - 1)
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """latents (B, C, T, H, W), t (B,), context (B, L, D), context_mask (B, L) -> (B, C, T, H, W)."""
+                context_mask: torch.Tensor | None = None, fps: torch.Tensor | None = None) -> torch.Tensor:
+        """latents (B, C, T, H, W), t (B,), context (B, L, D), context_mask (B, L), fps (B,) in
+        video mode -> (B, C, T, H, W)."""
         batch, _, num_frames, height, width = latents.shape
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"latent size {height}x{width} is not divisible by {self.downsampling}, "
                              f"which {len(self.config.channel_mults)} U-Net levels need")
-        # every frame of a clip shares its clip's step and text
-        embedding = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        embedding = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, E)
+        if self.is_video:
+            if not 1 <= num_frames <= self.max_frames:
+                raise ValueError(f"{num_frames} frames: this video U-Net has frame adaptors for "
+                                 f"1 to {self.max_frames} frames")
+            if fps is None:
+                raise ValueError("a video U-Net needs the clips' frame rate: pass fps (B,)")
+            embedding = embedding + self.fps_mlp(timestep_embedding(fps, self.config.base_channels))
+        # every frame of a clip shares its clip's step, frame rate and text
         embedding = embedding.repeat_interleave(num_frames, dim=0)  # (B, E) -> (B*T, E)
         context = context.repeat_interleave(num_frames, dim=0)  # (B, L, D) -> (B*T, L, D)
         if context_mask is not None:
             context_mask = context_mask.repeat_interleave(num_frames, dim=0)
 
         def run(level: Level, h: torch.Tensor, skips: list | None = None, saved: list | None = None):
-            for resblock, transformer in zip(level.resblocks, level.transformers):
+            for resblock, spatial, temporal in zip(level.resblocks, level.transformers, level.temporal):
                 if skips is not None:
                     h = torch.cat([h, skips.pop()], dim=1)
-                h = resblock(h, embedding)
-                if isinstance(transformer, SpatialTransformer):
-                    h = transformer(h, context, context_mask)
+                h = resblock(h, embedding, num_frames)
+                if isinstance(temporal, TemporalAttention):  # parallel, on the same input
+                    h = spatial(h, context, context_mask) + temporal(h, num_frames)
+                elif isinstance(spatial, SpatialTransformer):
+                    h = spatial(h, context, context_mask)
                 if saved is not None:
                     saved.append(h)
             return h
 
         h = self.conv_in(latents.transpose(1, 2).flatten(0, 1))  # (B, C, T, H, W) -> (B*T, C, H, W)
+        h = adapt(self.adaptor_in, h, num_frames)
         saved = [h]
-        for level, downsample in zip(self.down, self.downsample):
+        for level, downsample, adaptor in zip(self.down, self.downsample, self.downsample_adaptors):
             h = run(level, h, saved=saved)
             if not isinstance(downsample, nn.Identity):
-                h = downsample(h)
+                h = adapt(adaptor, downsample(h), num_frames)
                 saved.append(h)
         h = run(self.middle, h)
-        for level, upsample in zip(self.up, self.upsample):
-            h = upsample(run(level, h, skips=saved))
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B*T, C, H, W)
+        for level, upsample, adaptor in zip(self.up, self.upsample, self.upsample_adaptors):
+            h = adapt(adaptor, upsample(run(level, h, skips=saved)), num_frames)
+        out = adapt(self.adaptor_out, self.conv_out(F.silu(self.norm_out(h))), num_frames)  # (B*T, C, H, W)
         return out.unflatten(0, (batch, num_frames)).transpose(1, 2)  # -> (B, C, T, H, W)
+
+
+def set_trainable(unet: UNet3D, which: str) -> None:
+    """Video stage: "temporal" trains only what inflation added (the paper's choice: adaptors,
+    temporal attention, frame-rate embedding) and freezes the image weights; "all" trains everything."""
+    if which not in ("temporal", "all"):
+        raise ValueError(f"unet.video_trainable must be 'temporal' or 'all', got {which!r}")
+    video_names = set(unet.video_parameter_names())
+    for name, parameter in unet.named_parameters():
+        parameter.requires_grad_(which == "all" or name in video_names)

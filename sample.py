@@ -1,0 +1,54 @@
+"""Generate a clip from a prompt: python sample.py --prompt "a red circle moving left" [--out clip.gif]
+
+Reads a run directory made by train.py (default: the one plain `python train.py` writes on this
+machine), samples with DDIM and classifier-free guidance, and writes the clip as a GIF or MP4 (by
+the extension of --out) plus a PNG strip of its frames beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tiny_magicvideo.config import get_preset
+from tiny_magicvideo.pipeline import TextToVideo, save_strip, save_video
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    default_run = Path("runs") / get_preset("auto").name
+    parser.add_argument("--run", default=str(default_run), help=f"run directory (default: {default_run})")
+    parser.add_argument("--prompt", required=True, help='e.g. "a blue square moving up"')
+    parser.add_argument("--out", default="sample.gif", help="output file, .gif or .mp4 (default: sample.gif)")
+    parser.add_argument("--num_frames", type=int, default=None, help="default: the run's data.num_frames")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate to condition on: lower means more motion per frame "
+                             "(default: the run's data.fps)")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the run's)")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".gif", ".mp4"):
+        parser.error(f"--out {args.out!r}: use a file name ending in .gif or .mp4")
+    try:
+        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
+        result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
+                          guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
+                          progress=True)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    frames = result.frames[0]  # (T, H, W, 3)
+    fps = pipeline.config.data.fps if args.fps is None else args.fps
+    save_video(frames, out, fps=fps)
+    strip = save_strip(frames, out.with_suffix(".png"))
+    print(f"{out} ({len(frames)} frames at {fps:g} fps) and {strip}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

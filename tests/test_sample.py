@@ -1,0 +1,35 @@
+"""sample.py: the command students run after training."""
+
+import pytest
+
+import sample
+from tiny_magicvideo.pipeline import load_video
+
+
+def test_sample_writes_the_clip_and_a_strip_of_its_frames(smoke_run, tmp_path):
+    out = sample.main(["--run", str(smoke_run), "--prompt", "a blue square moving up",
+                       "--out", str(tmp_path / "out.gif"), "--num_inference_steps", "3"])
+    assert load_video(out).shape == (4, 32, 32, 3)
+    assert load_video(out.with_suffix(".png")).shape == (1, 32, 4 * 32 + 3 * 2, 3)
+    mp4 = sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--num_frames", "2",
+                       "--fps", "4", "--out", str(tmp_path / "out.mp4"), "--num_inference_steps", "2"])
+    assert load_video(mp4).shape[0] == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--num_inference_steps", "0"], "num_inference_steps must be between 1 and 1000, got 0"),
+    (["--num_frames", "9"], "num_frames=9: this model makes clips of 1 to 4 frames"),
+    (["--fps", "-1"], "fps=-1.0: the frame rate must be positive"),
+])
+def test_bad_requests_exit_with_a_clear_error(smoke_run, tmp_path, options, message):
+    with pytest.raises(SystemExit, match=message):
+        sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif"),
+                     *options])
+
+
+def test_missing_run_and_bad_file_names_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="holds no config.json"):
+        sample.main(["--run", str(tmp_path), "--prompt", "a red circle"])
+    with pytest.raises(SystemExit):
+        sample.main(["--run", str(tmp_path), "--prompt", "a red circle", "--out", "clip.avi"])
+    assert "use a file name ending in .gif or .mp4" in capsys.readouterr().err
