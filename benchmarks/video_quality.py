@@ -4,8 +4,8 @@
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
-Clip i is sampled with seed i at one of the run's frame rates in turn, with DDIM (`--steps`) and the
-run's guidance scale. The attribute detector (metrics.py) reads each clip back; the tables give
+Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
+(so the table is reproducible), with DDIM (`--steps`) and the run's guidance scale. The attribute detector (metrics.py) reads each clip back; the tables give
 the share of clips whose detected colour, shape and direction match the prompt, and all three
 together, then the detected speed per frame rate (frame-rate conditioning at work).
 """
