@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from tiny_magicvideo.config import Config, parse_config
-from tiny_magicvideo.data import (check_data_config, frames_to_video, make_loader, sample_clip,
-                                  video_to_frames)
+from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_video, make_loader,
+                                  sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import psnr
 from tiny_magicvideo.pipeline import (TextToVideo, save_video, text_to_image_model, text_to_video_model,
@@ -105,6 +105,13 @@ SAMPLE_PROMPTS = ("a red circle moving left", "a green square moving up", "a blu
                   "a white disc gliding right", "a green triangle moving up")
 
 
+def drop_captions(captions: list[str], config: Config, generator: torch.Generator,
+                  device: torch.device) -> list[str]:
+    """Classifier-free guidance: each caption becomes "" with probability diffusion.text_drop_prob."""
+    dropped = torch.rand(len(captions), generator=generator, device=device) < config.diffusion.text_drop_prob
+    return ["" if drop else caption for drop, caption in zip(dropped.tolist(), captions)]
+
+
 def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
     model = text_to_image_model(config)
@@ -122,10 +129,7 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         frames = video[torch.arange(num_clips, device=device), :, picked]  # one frame a clip: (B, 3, H, W)
         with torch.no_grad():
             latents = vae.encode_video(frames[:, :, None])  # (B, 3, 1, H, W) -> (B, 4, 1, h, w)
-        # classifier-free guidance: the caption is dropped to "" with probability text_drop_prob
-        dropped = torch.rand(num_clips, generator=generator, device=device) < config.diffusion.text_drop_prob
-        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"])]
-        context, mask = text_encoder(captions)
+        context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask), latents, generator), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
@@ -168,7 +172,6 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     set_trainable(unet, trainable)
     text_encoder.requires_grad_(trainable == "all")
     diffusion = GaussianDiffusion(config.diffusion)
-    sample_fps = [config.data.fps / stride for stride in config.data.frame_strides]
 
     def batches(start_step: int):
         return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
@@ -178,15 +181,13 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         video, fps = batch["video"].to(device), batch["fps"].to(device)  # (B, 3, T, H, W), (B,)
         with torch.no_grad():
             latents = vae.encode_video(video)  # (B, 4, T, h, w)
-        dropped = torch.rand(len(video), generator=generator, device=device) < config.diffusion.text_drop_prob
-        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"])]
-        context, mask = text_encoder(captions)
+        context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
         pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
-        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames for fps in sample_fps])
+        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames for fps in frame_rates(config.data)])
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from tiny_magicvideo.data import split_combinations
+from tiny_magicvideo.data import frame_rates, split_combinations
 from tiny_magicvideo.metrics import detect
 from tiny_magicvideo.pipeline import TextToVideo
 
@@ -28,8 +28,7 @@ CHECKED = ("colour", "shape", "direction")
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
              scale: float, batch_size: int = 20) -> tuple[dict, dict]:
     """(hits, speeds): hits[key] = [matches, clips]; speeds[fps] = detected px/frame of readable clips."""
-    data = pipeline.config.data
-    rates = [data.fps / stride for stride in data.frame_strides]
+    rates = frame_rates(pipeline.config.data)
     requests = [(combos[i % len(combos)], rates[i % len(rates)], i) for i in range(num_clips)]
     hits, speeds = defaultdict(lambda: [0, 0]), defaultdict(list)
     for first in range(0, num_clips, batch_size):

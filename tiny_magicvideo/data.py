@@ -289,6 +289,11 @@ def caption_for(objects: list[ShapeObject], speed_class: list[str | None],
     return " and ".join(phrases)
 
 
+def frame_rates(config: DataConfig) -> list[float]:
+    """The frame rates clips are shown at, one per stride: data.fps / s."""
+    return [config.fps / stride for stride in config.frame_strides]
+
+
 def sample_clip(config: DataConfig, split: str, index: int) -> tuple[np.ndarray, str, dict]:
     """The clip at `index` of `split`: (frames uint8 (T, H, W, 3), caption, attributes).
 

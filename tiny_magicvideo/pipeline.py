@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-from .data import video_to_frames
+from .data import frame_rates, video_to_frames
 from .diffusion import GaussianDiffusion, classifier_free_guidance
 from .text import TextEncoder
 from .training import WEIGHTS_FILES, load_run_config, load_weights, resolve_device
@@ -97,7 +97,7 @@ class TextToVideo:
             fps = data.fps if fps is None else fps
             if not fps > 0:
                 raise ValueError(f"fps={fps}: the frame rate must be positive; this run trained on "
-                                 f"{', '.join(f'{data.fps / s:g}' for s in data.frame_strides)}")
+                                 f"{', '.join(f'{rate:g}' for rate in frame_rates(data))}")
             condition = {"fps": torch.full((len(prompts),), float(fps), device=self.device)}
         else:
             if num_frames not in (None, 1):
