@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoder", choices=("video", "image"), default=None,
+                        help="video: the VideoVAE's temporal decoder, image: the image VAE frame by "
+                             "frame (default: video where the run has a VideoVAE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = parser.parse_args(argv)
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
     if out.suffix.lower() not in (".gif", ".mp4"):
         parser.error(f"--out {args.out!r}: use a file name ending in .gif or .mp4")
     try:
-        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
+        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
                           progress=True)

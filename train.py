@@ -2,7 +2,7 @@
 
 Runs, in order, every stage that runs/<name>/ does not yet hold finished, resuming an interrupted
 one from its last checkpoint: vae -> image -> video -> videovae (see DESIGN.md, "Stages").
-`--stage S` runs one. Stages that are not built yet are named and skipped.
+`--stage S` runs one.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from tiny_magicvideo.config import Config, parse_config
 from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_video, make_loader,
                                   sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
-from tiny_magicvideo.metrics import psnr
+from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import (TextToVideo, save_video, text_to_image_model, text_to_video_model,
                                       tile_clips)
 from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, load_weights,
                                       resolve_device, train_stage, write_text_atomically)
 from tiny_magicvideo.unet3d import set_trainable
-from tiny_magicvideo.vae import AutoencoderKL, load_vae, measure_scaling_factor
+from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, load_vae, measure_scaling_factor
 
 STAGE_ORDER = ("vae", "image", "video", "videovae")
 
@@ -202,6 +202,43 @@ def finish_video(model, config: Config, run_dir: Path, device: torch.device) -> 
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage videovae: the image VAE's decoder with temporal layers, fine-tuned on clips, encoder frozen.
+
+
+def videovae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
+    image_vae = load_vae(run_dir, device)
+    video_vae = VideoVAE.from_image(image_vae)  # frozen encoder, decoder = image decoder + temporal
+    preview = fixed_clips(config, "val", 8).to(device)
+    with torch.no_grad():
+        preview_image_decoder = image_vae.reconstruct_video(preview)
+
+    def batches(start_step: int):
+        return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
+                           num_steps=config.train.videovae_steps)
+
+    def loss(batch: dict, generator: torch.Generator):
+        return video_vae.video_loss(batch["video"].to(device))
+
+    def write_samples(ema_vae: VideoVAE, step: int) -> None:
+        """A GIF of 8 validation clips: originals, image decoder, VideoVAE, top to bottom."""
+        clips = torch.cat([preview, preview_image_decoder, ema_vae.reconstruct_video(preview)])
+        save_video(tile_clips(video_to_frames(clips), columns=len(preview)),
+                   run_dir / "samples" / f"videovae_{step:06d}.gif", fps=config.data.fps)
+
+    return Stage("videovae", video_vae, loss, batches, config.train.videovae_steps,
+                 config.train.vae_learning_rate, write_samples)
+
+
+def finish_videovae(video_vae: VideoVAE, config: Config, run_dir: Path, device: torch.device) -> None:
+    clips = fixed_clips(config, "val", 32).to(device)
+    with torch.no_grad():
+        by_frame, by_clip = load_vae(run_dir, device).reconstruct_video(clips), video_vae.reconstruct_video(clips)
+    print(f"stage videovae: on 32 validation clips, flicker {flicker(by_frame, clips):.5f} (image decoder) "
+          f"-> {flicker(by_clip, clips):.5f} (VideoVAE), PSNR {psnr(by_frame, clips):.2f} -> "
+          f"{psnr(by_clip, clips):.2f} dB; measure with python benchmarks/videovae_quality.py --run {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def stage_steps(config: Config, name: str) -> int:
@@ -228,17 +265,14 @@ def main(argv: list[str] | None = None) -> Path:
           f"of {config.data.image_size}x{config.data.image_size}")
     show_training_data(config, run_dir)
 
-    built = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image),
-             "video": (video_stage, finish_video)}
+    stages = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image),
+              "video": (video_stage, finish_video), "videovae": (videovae_stage, finish_videovae)}
     for name in [args.stage] if args.stage else STAGE_ORDER:
-        if name not in built:
-            print(f"stage {name}: not built yet, skipped")
-            continue
         weights = run_dir / WEIGHTS_FILES[name]
         if checkpoint_step(weights) >= stage_steps(config, name):
             print(f"stage {name}: finished ({weights}); raise --train.{name}_steps to train on")
             continue
-        make_stage, finish = built[name]
+        make_stage, finish = stages[name]
         model = train_stage(make_stage(config, run_dir, device), config, run_dir, device)
         finish(model, config, run_dir, device)
     return run_dir

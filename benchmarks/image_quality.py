@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     args = parser.parse_args()
-    pipeline = TextToVideo.from_run(args.run, device="cpu")
+    pipeline = TextToVideo.from_run(args.run, device="cpu", stage="image", decoder="image")  # the image model
     data = pipeline.config.data
     combos = [(colour, shape) for colour in data.colours for shape in data.shapes]
     prompts = [f"a {colour} {shape} moving {data.motions[i % len(data.motions)]}"

@@ -7,7 +7,8 @@ the model trained on, `--heldout_clips` through the held-out combinations it nev
 Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
 (so the table is reproducible), with DDIM (`--steps`) and the run's guidance scale. The attribute detector (metrics.py) reads each clip back; the tables give
 the share of clips whose detected colour, shape and direction match the prompt, and all three
-together, then the detected speed per frame rate (frame-rate conditioning at work).
+together, then the detected speed per frame rate (frame-rate conditioning at work). Clips are decoded
+as `sample.py` decodes them: by the run's VideoVAE where it has one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from tiny_magicvideo.data import frame_rates, split_combinations
 from tiny_magicvideo.metrics import detect
 from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.vae import VideoVAE
 
 CHECKED = ("colour", "shape", "direction")
 
@@ -64,8 +66,9 @@ def main() -> None:
     pipeline = TextToVideo.from_run(args.run, device="cpu", stage="video")
     config = pipeline.config
     scale = config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    decoder = "VideoVAE" if isinstance(pipeline.vae, VideoVAE) else "image VAE"
     print(f"{args.run}: {config.data.num_frames} frames of {config.data.image_size}x{config.data.image_size}, "
-          f"DDIM {args.steps} steps, guidance scale {scale}")
+          f"DDIM {args.steps} steps, guidance scale {scale}, decoded by the {decoder}")
 
     # the trained combinations in a fixed shuffled order, so that fewer clips than combinations
     # still mix colours, shapes and motions

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import BACKGROUND, COLOURS, MOTIONS, SHAPES, sample_clip
-from tiny_magicvideo.metrics import UNKNOWN, agreement, attribute_matches, detect, read_motion
+from tiny_magicvideo.metrics import UNKNOWN, agreement, attribute_matches, detect, flicker, jitter, read_motion
 
 
 def _agreement_on(config: DataConfig, num_clips: int) -> dict:
@@ -114,3 +115,26 @@ def test_attribute_matches_counts_speed_within_tolerance():
     detection.speed = truth["speed"] + 0.5
     assert attribute_matches(detection, truth) == {
         "colour": True, "shape": True, "direction": True, "speed": False, "all": False}
+
+
+def test_flicker_on_hand_made_clips():
+    original = torch.zeros(1, 3, 3, 2, 2)
+    original[:, :, 1] = 0.5  # the clip itself changes: that is not flicker
+    assert flicker(original.clone(), original) == 0.0
+    assert flicker(original + 0.3, original) == pytest.approx(0.0)  # a constant error does not flicker
+    dithered = original.clone()
+    dithered[:, :, 1, 0, 0] += 0.4  # one pixel of the middle frame off by 0.4 in [-1, 1], 0.2 in [0, 1]
+    # differences: frame 0 -> 1 off by +0.2, frame 1 -> 2 off by -0.2, at 1 pixel of 4, in 3 channels
+    assert flicker(dithered, original) == pytest.approx(2 * 0.2 / (2 * 4))
+    with pytest.raises(ValueError, match="T >= 2"):
+        flicker(original[:, :, :1], original[:, :, :1])
+
+
+def test_jitter_is_zero_for_steady_change_and_counts_a_dithered_frame():
+    ramp = torch.linspace(-1, 1, 5)[None, None, :, None, None].expand(1, 3, 5, 2, 2)  # steady fade
+    assert jitter(ramp) == pytest.approx(0.0, abs=1e-7)
+    dithered = ramp.clone()
+    dithered[:, :, 2] += 0.4  # the middle frame off by 0.2 in [0, 1]: second differences 0.2, -0.4, 0.2
+    assert jitter(dithered) == pytest.approx((0.2 + 0.4 + 0.2) / 3)
+    with pytest.raises(ValueError, match="T >= 3"):
+        jitter(ramp[:, :, :2])

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 import train
 from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip
 from tiny_magicvideo.training import load_run_config
+from tiny_magicvideo.vae import VideoVAE
 
 
 def test_from_run_generates_clips_of_the_run_size(smoke_run):
@@ -53,6 +55,17 @@ def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
         TextToVideo.from_run(tmp_path)
     with pytest.raises(ValueError, match="stage must be 'video' or 'image'"):
         TextToVideo.from_run(smoke_run, stage="audio")
+    with pytest.raises(ValueError, match="decoder must be 'video' .* or 'image'"):
+        TextToVideo.from_run(smoke_run, decoder="audio")
+
+
+def test_the_video_vae_decodes_where_the_run_has_one(smoke_run):
+    by_clip = TextToVideo.from_run(smoke_run, device="cpu")  # the default: the run's VideoVAE
+    by_frame = TextToVideo.from_run(smoke_run, device="cpu", decoder="image")
+    assert isinstance(by_clip.vae, VideoVAE) and not isinstance(by_frame.vae, VideoVAE)
+    clip, frames = (p("a red circle moving left", num_inference_steps=2) for p in (by_clip, by_frame))
+    assert torch.equal(clip.latents, frames.latents)  # the same diffusion, another decoder
+    assert not np.array_equal(clip.frames, frames.frames)
 
 
 def test_a_run_without_the_video_stage_is_a_clear_error(tmp_path):
@@ -61,6 +74,8 @@ def test_a_run_without_the_video_stage_is_a_clear_error(tmp_path):
     assert not TextToVideo.from_run(run_dir).unet.is_video  # the image model, by default
     with pytest.raises(FileNotFoundError, match="no video model.*--stage video"):
         TextToVideo.from_run(run_dir, stage="video")
+    with pytest.raises(FileNotFoundError, match="no VideoVAE.*--stage videovae"):
+        TextToVideo.from_run(run_dir, decoder="video")
 
 
 def test_save_strip_puts_frames_side_by_side(tmp_path):

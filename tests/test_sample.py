@@ -14,6 +14,11 @@ def test_sample_writes_the_clip_and_a_strip_of_its_frames(smoke_run, tmp_path):
     mp4 = sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--num_frames", "2",
                        "--fps", "4", "--out", str(tmp_path / "out.mp4"), "--num_inference_steps", "2"])
     assert load_video(mp4).shape[0] == 2
+    # the run has a VideoVAE, which decodes by default; --decoder image decodes frame by frame
+    by_clip, by_frame = (sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--out",
+                                      str(tmp_path / f"{decoder}.gif"), "--num_inference_steps", "2",
+                                      "--decoder", decoder]) for decoder in ("video", "image"))
+    assert not (load_video(by_clip) == load_video(by_frame)).all()
 
 
 @pytest.mark.parametrize("options, message", [

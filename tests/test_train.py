@@ -7,7 +7,7 @@ from tiny_magicvideo.pipeline import load_video
 from tiny_magicvideo.training import checkpoint_step, load_run_config
 
 
-def test_main_job_trains_every_built_stage_and_skips_finished_ones(tmp_path, capsys):
+def test_main_job_trains_every_stage_and_skips_finished_ones(tmp_path, capsys):
     run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     config = load_run_config(run_dir)
     assert config.preset == "smoke" and config.name == "first"
@@ -15,18 +15,21 @@ def test_main_job_trains_every_built_stage_and_skips_finished_ones(tmp_path, cap
     assert checkpoint_step(run_dir / "vae.pt") == config.train.vae_steps
     assert checkpoint_step(run_dir / "unet_image.pt") == config.train.image_steps
     assert checkpoint_step(run_dir / "unet.pt") == config.train.video_steps
+    assert checkpoint_step(run_dir / "videovae.pt") == config.train.videovae_steps
     for name in ("log.csv", "loss.png", "vae_reconstructions.png", "samples/data.gif",
                  f"samples/image_{config.train.image_steps:06d}.png"):
         assert (run_dir / name).is_file(), name
     assert load_video(run_dir / "samples" / "data.gif").shape[0] == config.data.num_frames
     video_samples = load_video(run_dir / "samples" / f"video_{config.train.video_steps:06d}.gif")
     assert video_samples.shape[0] == config.data.num_frames
+    videovae_samples = load_video(run_dir / "samples" / f"videovae_{config.train.videovae_steps:06d}.gif")
+    assert videovae_samples.shape[0] == config.data.num_frames
     assert not list(run_dir.glob("*.tmp"))
-    assert "stage videovae: not built yet" in capsys.readouterr().out
+    assert "stage videovae: on 32 validation clips, flicker" in capsys.readouterr().out
 
     train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     output = capsys.readouterr().out
-    assert all(f"stage {name}: finished" in output for name in ("vae", "image", "video"))
+    assert all(f"stage {name}: finished" in output for name in ("vae", "image", "video", "videovae"))
     assert load_run_config(run_dir).vae.scaling_factor == config.vae.scaling_factor
 
     # more steps continue the finished stage from its last checkpoint

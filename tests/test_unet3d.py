@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -69,10 +71,14 @@ def test_latent_sizes_the_levels_cannot_halve_are_clear_errors():
 FPS = torch.tensor([8.0, 4.0])
 
 
-def video_trained_a_little(max_frames=4):
+# unet.temporal_text: the temporal attention also cross-attends to the text
+WITH_TEXT = dataclasses.replace(TINY, temporal_text=True)
+
+
+def video_trained_a_little(max_frames=4, config=TINY):
     """An inflated U-Net with every weight moved off its initial value (zero-init layers included),
     so that properties which only hold at initialisation cannot pass by accident."""
-    video = UNet3D.from_image(trained_a_little(), max_frames)
+    video = UNet3D.from_image(trained_a_little(config), max_frames)
     torch.manual_seed(1)
     for parameter in video.parameters():
         parameter.data.add_(0.05 * torch.randn_like(parameter))
@@ -99,8 +105,9 @@ def test_image_mode_has_no_video_parameters():
     assert not any(isinstance(m, (FrameAdaptor, TemporalAttention)) for m in unet.modules())
 
 
-def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame():
-    image = trained_a_little()
+@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame(config):
+    image = trained_a_little(config)
     video = UNet3D.from_image(image, max_frames=4)
     # every image weight is reused unchanged
     video_state = video.state_dict()
@@ -113,8 +120,9 @@ def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame():
         assert torch.allclose(out, frame_by_frame, atol=1e-5)  # (summation order differs by batch size)
 
 
-def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unchanged():
-    video = video_trained_a_little(max_frames=5)
+@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unchanged(config):
+    video = video_trained_a_little(max_frames=5, config=config)
     x, t, context = torch.randn(2, 4, 5, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
     out = video(x, t, context, fps=FPS)
     for k in range(5):
@@ -131,13 +139,15 @@ def test_frame_rate_reaches_the_output_once_trained():
     assert not torch.allclose(video(x, t, context, fps=FPS), video(x, t, context, fps=FPS * 2))
 
 
-def test_gradients_reach_the_adaptors_temporal_attention_and_frame_rate_embedding():
-    video = UNet3D.from_image(trained_a_little(), max_frames=4)
+@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+def test_gradients_reach_the_adaptors_temporal_attention_and_frame_rate_embedding(config):
+    video = UNet3D.from_image(trained_a_little(config), max_frames=4)
     set_trainable(video, "temporal")
     trainable = {name for name, p in video.named_parameters() if p.requires_grad}
     assert trainable == set(video.video_parameter_names())
     assert any("adaptor" in n for n in trainable) and any("temporal" in n for n in trainable)
     assert any(n.startswith("fps_mlp") for n in trainable)
+    assert any(".cross_attention." in n and ".temporal." in n for n in trainable) == config.temporal_text
     frozen = {name: p.detach().clone() for name, p in video.named_parameters() if not p.requires_grad}
     optimizer = torch.optim.SGD([p for p in video.parameters() if p.requires_grad], lr=0.1)
     x, t, context = torch.randn(2, 4, 4, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)

@@ -3,7 +3,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from tiny_magicvideo.config import VAEConfig
-from tiny_magicvideo.vae import AutoencoderKL, DiagonalGaussian, measure_scaling_factor
+from tiny_magicvideo.vae import AutoencoderKL, DiagonalGaussian, TemporalConvBlock, VideoVAE, measure_scaling_factor
 
 
 @pytest.mark.parametrize("factor", [4, 8])
@@ -75,3 +75,76 @@ def test_loss_is_reconstruction_plus_weighted_kl():
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     total, parts = vae.loss(images, torch.Generator().manual_seed(1))
     assert total.item() == pytest.approx(parts["reconstruction"] + 0.01 * parts["kl"], rel=1e-5)
+
+
+# VideoVAE: the image encoder, frozen, and a decoder with temporal blocks that start at zero.
+
+
+def _trained_like_vae(config: VAEConfig) -> AutoencoderKL:
+    """An image VAE with non-trivial weights and a scaling factor, standing in for a trained one."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(config)
+    config.scaling_factor = 0.7
+    return vae.eval()
+
+
+def test_video_vae_decodes_exactly_like_the_image_vae_before_training():
+    config = VAEConfig(base_channels=8)
+    vae = _trained_like_vae(config)
+    video_vae = VideoVAE.from_image(vae).eval()
+    clips = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode_video(clips)
+        assert torch.equal(video_vae.encode_video(clips), latents)
+        assert torch.equal(video_vae.decode_video(latents), vae.decode_video(latents))
+    # and it is a real change of architecture: moved off zero, the temporal blocks change the output
+    for name, parameter in video_vae.named_parameters():
+        if ".temporal_" in name:
+            parameter.data.normal_(0, 0.1)
+    with torch.no_grad():
+        assert not torch.allclose(video_vae.decode_video(latents), vae.decode_video(latents), atol=1e-3)
+
+
+def test_video_vae_freezes_the_encoder_and_trains_the_decoder():
+    video_vae = VideoVAE.from_image(_trained_like_vae(VAEConfig(base_channels=8)))
+    assert not any(p.requires_grad for p in video_vae.encoder.parameters())
+    for name, parameter in video_vae.named_parameters():
+        parameter.data.add_(0.01 * torch.randn_like(parameter))  # temporal blocks off zero
+    loss, values = video_vae.video_loss(torch.rand(2, 3, 4, 16, 16) * 2 - 1)
+    loss.backward()
+    assert all(p.grad is None for p in video_vae.encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in video_vae.decoder.parameters())
+    assert set(values) == {"reconstruction", "temporal"}
+
+
+def test_video_vae_loss_is_reconstruction_plus_weighted_frame_difference_term():
+    config = VAEConfig(base_channels=8, temporal_loss_weight=0.5)
+    video_vae = VideoVAE.from_image(_trained_like_vae(config))
+    clips = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    loss, values = video_vae.video_loss(clips)
+    with torch.no_grad():
+        decoded = video_vae.decode_video(video_vae.encode_video(clips))
+    reconstruction = ((decoded - clips) ** 2).mean()
+    temporal = ((decoded[:, :, 1:] - decoded[:, :, :-1]) - (clips[:, :, 1:] - clips[:, :, :-1])).abs().mean()
+    torch.testing.assert_close(loss, reconstruction + 0.5 * temporal)
+    assert values["temporal"] == pytest.approx(temporal.item())
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 7])
+def test_video_vae_decodes_clips_of_any_length(num_frames):
+    video_vae = VideoVAE.from_image(_trained_like_vae(VAEConfig(base_channels=8)))
+    latents = torch.randn(2, 4, num_frames, 4, 4)
+    with torch.no_grad():
+        assert video_vae.decode_video(latents).shape == (2, 3, num_frames, 16, 16)
+
+
+def test_temporal_block_mixes_only_neighbouring_frames_of_the_same_clip():
+    block = TemporalConvBlock(8)
+    block.conv.weight.data.normal_(0, 0.1)
+    h = torch.randn(2 * 6, 8, 3, 3)  # 2 clips of 6 frames
+    changed = h.clone()
+    changed[2] += 1.0  # clip 0, frame 2
+    difference = (block(changed, 6) - block(h, 6)).flatten(1).abs().amax(dim=1)
+    assert difference[[1, 2, 3]].min() > 0  # frames 1, 2, 3 of clip 0 see it
+    # GroupNorm statistics are per clip, so clip 1 (frames 6..11) is untouched
+    assert difference[6:].max() == 0

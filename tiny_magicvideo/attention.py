@@ -140,9 +140,13 @@ class TemporalAttention(nn.Module):
     norm -> tokens + frame-position embedding -> x + causal SelfAttn(norm x) -> x + FF(norm x)
     -> proj_out, initialised to zero. It returns only the update, which the U-Net adds to the
     spatial transformer's output (the two run in parallel on the same input).
+
+    With `context_width`, a cross-attention to the text sits between the self-attention and the
+    feed-forward (x + CrossAttn(norm x, text)), so the motion words reach the frames' sequence
+    directly (unet.temporal_text; not in the paper, whose frozen spatial layers read CLIP's text).
     """
 
-    def __init__(self, channels: int, num_heads: int, max_frames: int):
+    def __init__(self, channels: int, num_heads: int, max_frames: int, context_width: int | None = None):
         super().__init__()
         self.max_frames = max_frames
         self.norm = nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)
@@ -150,12 +154,17 @@ class TemporalAttention(nn.Module):
         self.frame_position = nn.Parameter(torch.randn(max_frames, channels) * 0.02)  # learned, (T_max, C)
         self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)
         self.attention = MultiHeadAttention(channels, num_heads)
+        self.cross_attention = None if context_width is None else MultiHeadAttention(channels, num_heads, context_width)
+        self.norm_cross = None if context_width is None else nn.LayerNorm(channels)
         self.feed_forward = FeedForward(channels)
         self.proj_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B*T, C, H, W); with cross-attention, the text context (B*T, L, D) and mask (B*T, L),
+        one copy per frame as the spatial transformer gets them."""
         frames_in_batch, c, h, w = x.shape
         batch = frames_in_batch // num_frames
         if num_frames > self.max_frames:
@@ -166,6 +175,11 @@ class TemporalAttention(nn.Module):
         tokens = self.proj_in(tokens) + self.frame_position[:num_frames]
         tokens = tokens + self.attention(self.norm1(tokens),
                                          attention_mask=causal_mask(num_frames, x.device))
+        if self.cross_attention is not None:
+            # one copy of the clip's text per spatial location: (B*T, L, D) -> (B, L, D) -> (B*H*W, L, D)
+            context = context[::num_frames].repeat_interleave(h * w, dim=0)
+            context_mask = None if context_mask is None else context_mask[::num_frames].repeat_interleave(h * w, dim=0)
+            tokens = tokens + self.cross_attention(self.norm_cross(tokens), context, key_mask=context_mask)
         tokens = self.proj_out(tokens + self.feed_forward(self.norm2(tokens)))
         # (B*H*W, T, C) -> (B, H*W, T, C) -> (B, T, C, H*W) -> (B*T, C, H, W)
         return tokens.reshape(batch, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(frames_in_batch, c, h, w)

@@ -64,6 +64,8 @@ class VAEConfig:
     kl_weight: float = 1e-6
     # 1 / std of the latents, measured after the VAE is trained (None until then).
     scaling_factor: Optional[float] = None
+    # VideoVAE stage: weight of the frame-difference term beside the reconstruction loss
+    temporal_loss_weight: float = 1.0
 
 
 @dataclass
@@ -88,6 +90,8 @@ class UNetConfig:
     # video stage: "temporal" trains only what inflation adds (adaptors, temporal attention,
     # frame-rate embedding), as in the paper; "all" also fine-tunes the image weights and text encoder
     video_trainable: Literal["temporal", "all"] = "temporal"
+    # video stage: the temporal attention also cross-attends to the text (TemporalAttention)
+    temporal_text: bool = False
 
 
 @dataclass
@@ -200,7 +204,9 @@ def cpu_preset() -> Config:
     config.diffusion = latent_diffusion()
     # video_steps: about 20 minutes at the ~2.6 steps/s of the trials, so that the whole run stays under
     # an hour; not yet tuned, since the video stage does not yet learn the direction (README)
-    config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_steps=3000)
+    # videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
+    config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_steps=3000,
+                               videovae_steps=500)
     return config
 
 

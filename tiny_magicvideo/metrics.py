@@ -296,3 +296,28 @@ def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> float:
     difference = (reconstructed.float() - original.float()) / 2  # [-1, 1] -> [0, 1] differences
     mse = difference.pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
     return (10 * torch.log10(1.0 / mse)).mean().item()
+
+
+def flicker(reconstructed: torch.Tensor, original: torch.Tensor) -> float:
+    """Frame-to-frame dithering of a reconstruction x^ of clips x, both (B, 3, T, H, W) in [-1, 1]:
+
+        flicker = mean over clips, frames, pixels of |(x^_{t+1} - x^_t) - (x_{t+1} - x_t)|
+
+    with pixels scaled to [0, 1]. It is 0 when the reconstruction changes from frame to frame
+    exactly as the clip does, whatever its error in each frame; lower is better.
+    """
+    if reconstructed.shape != original.shape or reconstructed.ndim != 5 or reconstructed.shape[2] < 2:
+        raise ValueError(f"flicker takes two batches of clips (B, 3, T, H, W) of the same shape with "
+                         f"T >= 2, got {tuple(reconstructed.shape)} and {tuple(original.shape)}")
+    change = reconstructed.float().diff(dim=2) - original.float().diff(dim=2)  # (B, 3, T-1, H, W)
+    return (change.abs() / 2).mean().item()  # / 2: [-1, 1] -> [0, 1] differences
+
+
+def jitter(video: torch.Tensor) -> float:
+    """Roughness in time of clips (B, 3, T, H, W) in [-1, 1], for videos with no reference (such as
+    generated ones): mean |x_{t+1} - 2 x_t + x_{t-1}|, pixels in [0, 1]. Zero for pixels that change
+    at a constant rate; dithering adds to it. Real moving-shapes clips are the floor to compare with.
+    """
+    if video.ndim != 5 or video.shape[2] < 3:
+        raise ValueError(f"jitter takes clips (B, 3, T, H, W) with T >= 3, got {tuple(video.shape)}")
+    return (video.float().diff(n=2, dim=2).abs() / 2).mean().item()

@@ -1,9 +1,10 @@
 """From a trained run to frames and video files.
 
 `TextToVideo.from_run(dir)` is how code outside training reads a run: prompt(s) -> text encoder ->
-DDIM with classifier-free guidance in latent space, the video U-Net told the frame rate -> VAE
-decoder, frame by frame -> uint8 frames (B, T, H, W, 3). A run that has only finished the image
-stage loads as a text-to-image model (num_frames = 1).
+DDIM with classifier-free guidance in latent space, the video U-Net told the frame rate -> a
+decoder -> uint8 frames (B, T, H, W, 3). The decoder is the VideoVAE's (whole clips, with temporal
+layers) where the run has one, else the image VAE's (frame by frame). A run that has only finished
+the image stage loads as a text-to-image model (num_frames = 1).
 
 The file end: `save_video` writes GIF or MP4, chosen by the file's extension, and `save_strip` a
 PNG of the frames side by side; frames are uint8 (T, H, W, 3) as everywhere on disk.
@@ -25,7 +26,7 @@ from .diffusion import GaussianDiffusion, classifier_free_guidance
 from .text import TextEncoder
 from .training import WEIGHTS_FILES, load_run_config, load_weights, resolve_device
 from .unet3d import UNet3D
-from .vae import AutoencoderKL, load_vae
+from .vae import AutoencoderKL, load_vae, load_video_vae
 
 
 @dataclass
@@ -53,11 +54,13 @@ class TextToVideo:
         self.diffusion = GaussianDiffusion(config.diffusion)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", stage: str | None = None) -> "TextToVideo":
+    def from_run(cls, run_dir: str | Path, device: str = "auto", stage: str | None = None,
+                 decoder: str | None = None) -> "TextToVideo":
         """Load a run's VAE, text encoder and U-Net (EMA weights) from its directory.
 
         stage: "video" (unet.pt), "image" (unet_image.pt), or None for the video model where the
-        run has one and the image model otherwise.
+        run has one and the image model otherwise. decoder: "video" (the VideoVAE, videovae.pt),
+        "image" (the image VAE, vae.pt), or None for the VideoVAE where the run has one.
         """
         run_dir = Path(run_dir)
         config = load_run_config(run_dir)
@@ -74,7 +77,12 @@ class TextToVideo:
             model = text_to_video_model(model, config)
         load_weights(model, run_dir / WEIGHTS_FILES[stage])
         model.to(target).eval()
-        return cls(load_vae(run_dir, target), model["text_encoder"], model["unet"], config)
+        if decoder is None:
+            decoder = "video" if (run_dir / WEIGHTS_FILES["videovae"]).is_file() else "image"
+        if decoder not in ("video", "image"):
+            raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
+        vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
+        return cls(vae, model["text_encoder"], model["unet"], config)
 
     @property
     def device(self) -> torch.device:

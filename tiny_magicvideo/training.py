@@ -132,7 +132,8 @@ STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet
 # settings that never change what is trained (the last two are only used when sampling)
 RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps")
 # settings inside a frozen section that only a later stage uses: free until that stage starts
-LATER_STAGE_KEYS = {"unet.video_trainable": "video"}
+LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
+                    "vae.temporal_loss_weight": "videovae"}
 
 
 def load_run_config(run_dir) -> Config:

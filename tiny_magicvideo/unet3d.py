@@ -95,7 +95,7 @@ class Level(nn.Module):
     video mode a temporal attention beside each spatial transformer."""
 
     def __init__(self, channels_in: list[int], channels: int, embedding_dim: int, attention: bool,
-                 num_heads: int, context_width: int, max_frames: int | None):
+                 num_heads: int, context_width: int, max_frames: int | None, temporal_text: bool = False):
         super().__init__()
         self.resblocks = nn.ModuleList(ResBlock(c, channels, embedding_dim, max_frames) for c in channels_in)
         self.transformers = nn.ModuleList(
@@ -103,7 +103,8 @@ class Level(nn.Module):
             for _ in channels_in)
         video_attention = attention and max_frames is not None
         self.temporal = nn.ModuleList(
-            TemporalAttention(channels, num_heads, max_frames) if video_attention else nn.Identity()
+            TemporalAttention(channels, num_heads, max_frames, context_width if temporal_text else None)
+            if video_attention else nn.Identity()
             for _ in channels_in)
 
 
@@ -129,7 +130,8 @@ class UNet3D(nn.Module):
         self.adaptor_in = frame_adaptor(base, max_frames)
 
         def level(inputs, width, attention):
-            return Level(inputs, width, embedding_dim, attention, config.num_heads, context_width, max_frames)
+            return Level(inputs, width, embedding_dim, attention, config.num_heads, context_width, max_frames,
+                         config.temporal_text)
 
         # down path: remember the channels of every skip connection it leaves behind
         skips, channels = [base], base
@@ -227,7 +229,7 @@ class UNet3D(nn.Module):
                     h = torch.cat([h, skips.pop()], dim=1)
                 h = resblock(h, embedding, num_frames)
                 if isinstance(temporal, TemporalAttention):  # parallel, on the same input
-                    h = spatial(h, context, context_mask) + temporal(h, num_frames)
+                    h = spatial(h, context, context_mask) + temporal(h, num_frames, context, context_mask)
                 elif isinstance(spatial, SpatialTransformer):
                     h = spatial(h, context, context_mask)
                 if saved is not None:

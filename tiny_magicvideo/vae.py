@@ -14,8 +14,11 @@ The KL term keeps the latent space smooth and near the origin; a small weight ke
 sharp. After training, latents are multiplied by `scaling_factor` = 1 / std(z) so that the
 diffusion model sees unit variance (stored in the run's config.json).
 
-Every layer here is a 2D operation: video latents `(B, C, T, H, W)` have their frames folded into
-the batch first, `(B*T, C, H, W)`, by `encode_video` / `decode_video`.
+Every layer of the image VAE is a 2D operation: video latents `(B, C, T, H, W)` have their frames
+folded into the batch first, `(B*T, C, H, W)`, by `encode_video` / `decode_video`. So each frame is
+decoded on its own, and its small errors change from frame to frame: "pixel dithering". The
+VideoVAE at the end of this file (MagicVideo section 3.4) keeps the encoder and gives the decoder
+temporal layers that see the whole clip.
 """
 
 from __future__ import annotations
@@ -203,6 +206,100 @@ class AutoencoderKL(nn.Module):
         return self.config.scaling_factor
 
 
+# ---------------------------------------------------------------------------------------------
+# The VideoVAE (MagicVideo section 3.4): the same encoder, a decoder that also looks across frames.
+
+
+class TemporalConvBlock(nn.Module):
+    """h + Conv_t(SiLU(GroupNorm(h))), Conv_t a 3-tap convolution along time at every pixel.
+
+    (B*T, C, H, W) -> (B, C, T, H, W): a Conv3d with kernel (3, 1, 1) mixes frames t-1, t, t+1 of
+    each pixel and channel, and nothing across pixels. The clip's ends are padded by repeating the
+    first and last frame. Conv_t starts at zero, so a fresh block is the identity.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0), padding_mode="replicate")
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        clips = h.unflatten(0, (-1, num_frames)).transpose(1, 2)  # (B*T, C, H, W) -> (B, C, T, H, W)
+        update = self.conv(F.silu(self.norm(clips)))  # GroupNorm over (C/G, T, H, W) of each clip
+        return h + update.transpose(1, 2).flatten(0, 1)  # -> (B*T, C, H, W)
+
+
+class VideoDecoder(Decoder):
+    """The image decoder with a temporal block after its middle block and after every level:
+
+        conv_in -> middle -> temporal -> [level -> temporal] x levels -> norm, SiLU, conv_out
+
+    Every 2D layer still sees one frame at a time, (B*T, C, H, W); the temporal blocks see the clip.
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        channels = level_channels(config)[::-1]
+        self.temporal_middle = TemporalConvBlock(channels[0])
+        self.temporal_levels = nn.ModuleList(TemporalConvBlock(width) for width in channels)
+
+    def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """z (B*T, c, h, w), the frames of B clips in order -> (B*T, 3, H, W)."""
+        h = self.temporal_middle(self.middle(self.conv_in(z)), num_frames)
+        for level, temporal in zip(self.levels, self.temporal_levels):
+            h = temporal(level(h), num_frames)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VideoVAE(AutoencoderKL):
+    """The image VAE's encoder (frozen: every latent the diffusion model makes stays valid) and a
+    VideoDecoder that starts with the image decoder's weights and zero temporal blocks, so that it
+    decodes exactly like the image VAE until it is trained.
+
+    loss = reconstruction + temporal_loss_weight * mean |(x^_{t+1} - x^_t) - (x_{t+1} - x_t)|
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        self.decoder = VideoDecoder(config)
+        self.encoder.requires_grad_(False)
+
+    @classmethod
+    def from_image(cls, vae: AutoencoderKL) -> "VideoVAE":
+        """The VideoVAE holding a copy of every weight of `vae`; only the temporal blocks are new."""
+        video_vae = cls(vae.config).to(next(vae.parameters()).device)
+        missing, unexpected = video_vae.load_state_dict(vae.state_dict(), strict=False)
+        if unexpected or any(".temporal_" not in name for name in missing):
+            raise RuntimeError(f"VideoVAE.from_image: weights that found no place: {unexpected or missing}")
+        return video_vae
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, 4, T, h, w) -> (B, 3, T, H, W), decoded as clips."""
+        batch, _, num_frames, _, _ = latents.shape
+        z = latents.transpose(1, 2).flatten(0, 1) / self.scaling_factor  # (B*T, c, h, w)
+        frames = self.decoder(z, num_frames)
+        return frames.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
+
+    def reconstruct_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the clips through the encoder (posterior mean) and the video decoder."""
+        return self.decode_video(self.encode_video(video)).clamp(-1, 1)
+
+    def video_loss(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(total, {"reconstruction", "temporal"}) for clips (B, 3, T, H, W) in [-1, 1]."""
+        with torch.no_grad():  # the frozen encoder gives the latents the diffusion model also sees
+            latents = self.encode_video(video)
+        decoded = self.decode_video(latents)
+        if self.config.reconstruction_loss == "l1":
+            reconstruction = (decoded - video).abs().mean()
+        else:
+            reconstruction = ((decoded - video) ** 2).mean()
+        temporal = ((decoded.diff(dim=2) - video.diff(dim=2)).abs()).mean()  # differences along T
+        total = reconstruction + self.config.temporal_loss_weight * temporal
+        return total, {"reconstruction": reconstruction.item(), "temporal": temporal.item()}
+
+
 @torch.no_grad()
 def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
     """1 / std of sampled latents over `images` (N, 3, H, W): the factor that gives unit variance."""
@@ -219,3 +316,18 @@ def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
     vae = AutoencoderKL(load_run_config(run_dir).vae)
     load_weights(vae, Path(run_dir) / "vae.pt")
     return vae.to(device).eval()
+
+
+def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
+    """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
+    from pathlib import Path
+
+    from .training import load_run_config, load_weights
+
+    path = Path(run_dir) / "videovae.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no VideoVAE ({path.name}): train it with "
+                                f"python train.py --name {Path(run_dir).name} --stage videovae")
+    video_vae = VideoVAE(load_run_config(run_dir).vae)
+    load_weights(video_vae, path)
+    return video_vae.to(device).eval()
