@@ -24,6 +24,7 @@ temporal layers that see the whole clip.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -307,27 +308,23 @@ def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size:
     return 1.0 / latents.std().item()
 
 
-def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
-    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
-    from pathlib import Path
-
+def _load_from_run(model_class, run_dir, filename: str, device):
+    """A model of `model_class` built from the run's vae config, with the EMA weights of `filename`."""
     from .training import load_run_config, load_weights
 
-    vae = AutoencoderKL(load_run_config(run_dir).vae)
-    load_weights(vae, Path(run_dir) / "vae.pt")
-    return vae.to(device).eval()
+    model = model_class(load_run_config(run_dir).vae)
+    load_weights(model, Path(run_dir) / filename)
+    return model.to(device).eval()
+
+
+def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
+    return _load_from_run(AutoencoderKL, run_dir, "vae.pt", device)
 
 
 def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
     """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
-    from pathlib import Path
-
-    from .training import load_run_config, load_weights
-
-    path = Path(run_dir) / "videovae.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no VideoVAE ({path.name}): train it with "
+    if not (Path(run_dir) / "videovae.pt").is_file():
+        raise FileNotFoundError(f"{run_dir} has no VideoVAE (videovae.pt): train it with "
                                 f"python train.py --name {Path(run_dir).name} --stage videovae")
-    video_vae = VideoVAE(load_run_config(run_dir).vae)
-    load_weights(video_vae, path)
-    return video_vae.to(device).eval()
+    return _load_from_run(VideoVAE, run_dir, "videovae.pt", device)
