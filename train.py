@@ -182,7 +182,8 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         with torch.no_grad():
             latents = vae.encode_video(video)  # (B, 4, T, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
-        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator), {}
+        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
+                                       t_min=config.train.video_t_min), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""

@@ -154,3 +154,17 @@ def test_a_tiny_denoiser_trained_here_learns_a_2d_distribution(prediction_type):
 def test_cosine_with_epsilon_prediction_warns():
     with pytest.warns(UserWarning, match="v_prediction"):
         GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="epsilon"))
+
+
+def test_t_min_draws_only_the_noisiest_steps():
+    d = GaussianDiffusion(DiffusionConfig())
+    seen = []
+    model = lambda x, t: seen.append(t) or torch.zeros_like(x)
+    g = torch.Generator().manual_seed(0)
+    d.training_loss(model, torch.zeros(4000, 2), g, t_min=700)
+    d.training_loss(model, torch.zeros(4000, 2), g)
+    noisy, every = seen
+    assert noisy.min() == 700 and noisy.max() == 999
+    assert every.min() < 50 and every.max() == 999
+    with pytest.raises(ValueError, match="t_min 1000"):
+        d.training_loss(model, torch.zeros(4, 2), g, t_min=1000)

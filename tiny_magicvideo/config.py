@@ -124,6 +124,9 @@ class TrainConfig:
     image_steps: int = 6000
     video_steps: int = 6000
     videovae_steps: int = 2000
+    # video stage: draw the diffusion step t from video_t_min..T-1 only. The noisy frames show where
+    # the object goes at every lower t, so only the noisiest steps teach the motion words (README)
+    video_t_min: int = 0
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 500

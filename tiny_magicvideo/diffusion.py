@@ -89,10 +89,17 @@ class GaussianDiffusion:
         abar = self.at(self.alphas_cumprod, t, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
-    def training_loss(self, model: Denoiser, x0: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2."""
-        t = torch.randint(self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    def training_loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
+                      t_min: int = 0) -> torch.Tensor:
+        """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2.
+
+        t_min > 0 draws t from U{t_min..T-1} only: the noisiest steps, where a video model must decide
+        on its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
+        """
+        if not 0 <= t_min < self.num_train_timesteps:
+            raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
+                             f"steps; use a value in that range (0 trains on every step)")
+        t = torch.randint(t_min, self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
