@@ -192,7 +192,7 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 
-    return Stage("video", model, loss, batches, config.train.video_steps, config.train.learning_rate,
+    return Stage("video", model, loss, batches, config.train.video_steps, config.train.video_learning_rate,
                  write_samples)
 
 

@@ -88,7 +88,8 @@ def main() -> None:
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     keys = list(dict.fromkeys(key for hits, _ in results.values() for key in hits))
-    for key in keys:
+    keys.remove("unreadable")  # last, after the rows per frame rate
+    for key in keys + ["unreadable"]:
         cells = []
         for hits, _ in results.values():
             matches, count = hits.get(key, (0, 0))

@@ -312,8 +312,8 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
                     if state_path.is_file() else "no checkpoint (none was written yet)")
             raise TrainingDiverged(
                 f"stage {stage.name}: the loss became {loss.item()} at step {step + 1}; stopping and "
-                f"keeping {last}. Lower the learning rate (--train.learning_rate, or "
-                f"--train.vae_learning_rate for the autoencoders) or --train.grad_clip and run again.")
+                f"keeping {last}. Lower the learning rate (--train.learning_rate, --train.video_learning_rate "
+                f"or --train.vae_learning_rate for the autoencoders) or --train.grad_clip and run again.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
