@@ -25,12 +25,13 @@ import time
 
 import torch
 
-from tiny_magicvideo.data import frames_to_video, sample_clip
+from tiny_magicvideo.data import MOTIONS, frames_to_video, sample_clip
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.pipeline import TextToVideo
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
-            "up-left": "down-right", "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+# each moving direction's opposite: the motion whose unit vector is its negation (static has none)
+OPPOSITE = {name: other for name, (dx, dy) in MOTIONS.items() for other, vector in MOTIONS.items()
+            if (dx, dy) != (0.0, 0.0) and vector == (-dx, -dy)}
 
 
 def probe_captions(config, num_clips: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[str]]]:
@@ -68,7 +69,6 @@ def main() -> None:
     steps = [int(value) for value in args.t.split(",")]
     print(f"{args.run}: {len(clips)} validation clips, v-prediction loss by caption\n")
     print("| t | true | direction swapped | swap gap | empty | empty gap |\n|---|---|---|---|---|---|")
-    per_frame = None
     for t_value in steps:
         generator = torch.Generator().manual_seed(t_value)
         noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"| {t_value} | {loss['true']:.5f} | {loss['swapped']:.5f} | "
               f"{100 * (loss['swapped'] - loss['true']) / loss['true']:+.2f}% | {loss['empty']:.5f} | "
               f"{100 * (loss['empty'] - loss['true']) / loss['true']:+.2f}% |")
-        if per_frame is None:
+        if t_value == steps[0]:
             per_frame = error["true"].mean(dim=(0, 1, 3, 4))  # (T,)
     print(f"\nloss per frame, true caption, t = {steps[0]}: "
           + " ".join(f"{value:.4f}" for value in per_frame.tolist()))

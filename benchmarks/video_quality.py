@@ -88,8 +88,7 @@ def main() -> None:
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     keys = list(dict.fromkeys(key for hits, _ in results.values() for key in hits))
-    keys.remove("unreadable")  # last, after the rows per frame rate
-    for key in keys + ["unreadable"]:
+    for key in sorted(keys, key=lambda key: key == "unreadable"):  # unreadable last, after the fps rows
         cells = []
         for hits, _ in results.values():
             matches, count = hits.get(key, (0, 0))
