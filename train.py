@@ -183,7 +183,8 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
             latents = vae.encode_video(video)  # (B, 4, T, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
-                                       t_min=config.train.video_t_min), {}
+                                       t_min=config.train.video_t_min,
+                                       t_min_share=config.train.video_t_min_share), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""

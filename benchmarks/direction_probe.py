@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from tiny_magicvideo.data import MOTIONS, frames_to_video, sample_clip
+from tiny_magicvideo.data import MOTIONS, frames_to_video, plain_caption, sample_clip
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.pipeline import TextToVideo
 
@@ -44,8 +44,8 @@ def probe_captions(config, num_clips: int) -> tuple[torch.Tensor, torch.Tensor, 
             continue  # a static object has no direction to swap
         clips.append(frames_to_video(frames))
         fps.append(attributes["fps"])
-        captions["true"].append(f"a {obj['colour']} {obj['shape']} moving {obj['direction']}")
-        captions["swapped"].append(f"a {obj['colour']} {obj['shape']} moving {OPPOSITE[obj['direction']]}")
+        captions["true"].append(plain_caption(obj['colour'], obj['shape'], obj['direction']))
+        captions["swapped"].append(plain_caption(obj['colour'], obj['shape'], OPPOSITE[obj['direction']]))
         captions["empty"].append("")
     return torch.stack(clips), torch.tensor(fps), captions
 
@@ -71,7 +71,7 @@ def main() -> None:
     print("| t | true | direction swapped | swap gap | empty | empty gap |\n|---|---|---|---|---|---|")
     for t_value in steps:
         generator = torch.Generator().manual_seed(t_value)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
+        noise = diffusion.noise(latents.shape, generator).to(device)  # as in training
         t = torch.full((len(clips),), t_value, device=device)
         x_t = diffusion.q_sample(latents, t, noise)
         target = diffusion.velocity(latents, t, noise)

@@ -13,6 +13,7 @@ import argparse
 import time
 from collections import defaultdict
 
+from tiny_magicvideo.data import plain_caption
 from tiny_magicvideo.metrics import detect
 from tiny_magicvideo.pipeline import TextToVideo
 
@@ -27,7 +28,7 @@ def main() -> None:
     pipeline = TextToVideo.from_run(args.run, device="cpu", stage="image", decoder="image")  # the image model
     data = pipeline.config.data
     combos = [(colour, shape) for colour in data.colours for shape in data.shapes]
-    prompts = [f"a {colour} {shape} moving {data.motions[i % len(data.motions)]}"
+    prompts = [plain_caption(colour, shape, data.motions[i % len(data.motions)])
                for i, (colour, shape) in enumerate(combos)]
     scale = pipeline.config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
 

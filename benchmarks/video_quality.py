@@ -5,26 +5,33 @@
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
 Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
-(so the table is reproducible), with DDIM (`--steps`) and the run's guidance scale. The attribute detector (metrics.py) reads each clip back; the tables give
-the share of clips whose detected colour, shape and direction match the prompt, and all three
-together, then the detected speed per frame rate (frame-rate conditioning at work). Clips are decoded
+(so the table is reproducible), with DDIM (`--steps`) and the run's guidance scale. The attribute
+detector (metrics.py) reads each clip back; the tables give the share of clips whose detected colour,
+shape and direction match the prompt, and all three together, the share it could not read and why,
+then the detected speed per frame rate (frame-rate conditioning at work). Clips are decoded
 as `sample.py` decodes them: by the run's VideoVAE where it has one.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections import defaultdict
 
 import numpy as np
 
-from tiny_magicvideo.data import frame_rates, split_combinations
+from tiny_magicvideo.data import frame_rates, plain_caption, split_combinations
 from tiny_magicvideo.metrics import detect
 from tiny_magicvideo.pipeline import TextToVideo
 from tiny_magicvideo.vae import VideoVAE
 
 CHECKED = ("colour", "shape", "direction")
+
+
+def reason_kind(reason: str) -> str:
+    """The detector's reason without its numbers: "several objects (up to 3 in a frame)" -> "several objects"."""
+    return re.sub(r"\d+", "N", reason.split(":")[0].split(" (")[0])
 
 
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
@@ -38,7 +45,7 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
             chunk = [r for r in requests[first:first + batch_size] if r[1] == fps]
             if not chunk:
                 continue
-            prompts = [f"a {colour} {shape} moving {motion}" for (colour, shape, motion), _, _ in chunk]
+            prompts = [plain_caption(*combo) for combo, _, _ in chunk]
             clips = pipeline(prompts, num_inference_steps=steps, guidance_scale=scale, fps=fps,
                              seed=chunk[0][2]).frames
             for ((colour, shape, motion), _, _), frames in zip(chunk, clips):
@@ -50,6 +57,8 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                                 ("unreadable", detection.reason != "")]:
                     hits[key][0] += ok
                     hits[key][1] += 1
+                if detection.reason:
+                    hits[f"unreadable: {reason_kind(detection.reason)}"][0] += 1
                 if detection.speed is not None:
                     speeds[fps].append(detection.speed)
     return hits, speeds
@@ -88,10 +97,13 @@ def main() -> None:
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     keys = list(dict.fromkeys(key for hits, _ in results.values() for key in hits))
-    for key in sorted(keys, key=lambda key: key == "unreadable"):  # unreadable last, after the fps rows
+    # unreadable last, after the fps rows, then why: one row per kind of reason, as shares of all clips
+    for key in sorted(keys, key=lambda key: key.startswith("unreadable")):
         cells = []
         for hits, _ in results.values():
             matches, count = hits.get(key, (0, 0))
+            if key.startswith("unreadable: "):  # a reason is counted only where it occurs
+                count = hits["unreadable"][1]
             cells.append(f"{100 * matches / count:.1f}% of {count}" if count else "-")
         print(f"| {key} | " + " | ".join(cells) + " |")
     print("\n| frame rate | detected speed, px/frame (mean +- sd) | trained speeds |\n|---|---|---|")

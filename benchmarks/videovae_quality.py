@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_magicvideo.data import frames_to_video, sample_clip, split_combinations
+from tiny_magicvideo.data import frames_to_video, plain_caption, sample_clip, split_combinations
 from tiny_magicvideo.metrics import flicker, jitter, psnr
 from tiny_magicvideo.pipeline import TextToVideo
 from tiny_magicvideo.training import checkpoint_step, load_run_config
@@ -57,7 +57,7 @@ def main() -> None:
     if args.generated and (Path(args.run) / "unet.pt").is_file():
         pipeline = TextToVideo.from_run(args.run, device="cpu", stage="video", decoder="image")
         combos = split_combinations(config.data, "val")
-        prompts = [f"a {c} {s} moving {m}" for c, s, m in (combos[i % len(combos)] for i in range(args.generated))]
+        prompts = [plain_caption(*combos[i % len(combos)]) for i in range(args.generated)]
         latents = in_batches(lambda batch: pipeline([prompts[int(i)] for i in batch], seed=int(batch[0]),
                                                     num_inference_steps=25).latents,
                              torch.arange(args.generated))

@@ -5,7 +5,7 @@ import torch
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import (
     COLOURS, DIRECTION_WORDS, MOTIONS, SHAPE_WORDS, SHAPES, SPEED_WORDS, STATIC_PHRASES,
-    MovingShapes, caption_vocabulary, frames_to_video, make_loader, parse_combination,
+    MovingShapes, caption_vocabulary, frames_to_video, make_loader, parse_combination, plain_caption,
     sample_clip, split_combinations, video_to_frames,
 )
 from tiny_magicvideo.pipeline import load_video, save_video, tile_clips
@@ -86,6 +86,15 @@ def test_captions_say_what_the_clip_shows():
         assert set(caption.split()) <= set(caption_vocabulary())
         seen.add(caption)
     assert "a red circle moving left" in {c for c in seen} or len(seen) > 300  # many phrasings
+
+
+def test_plain_captions_read_back_as_their_attributes():
+    assert plain_caption("red", "circle", "left") == "a red circle moving left"
+    for motion in MOTIONS:
+        caption = plain_caption("blue", "star", motion)
+        read = _read_caption(caption)
+        assert (read["colour"], read["shape"], read["direction"]) == (["blue"], ["star"], [motion]), caption
+        assert set(caption.split()) <= set(caption_vocabulary())
 
 
 def test_two_object_captions_name_both_objects():

@@ -168,3 +168,37 @@ def test_t_min_draws_only_the_noisiest_steps():
     assert every.min() < 50 and every.max() == 999
     with pytest.raises(ValueError, match="t_min 1000"):
         d.training_loss(model, torch.zeros(4, 2), g, t_min=1000)
+
+
+def test_t_min_share_keeps_the_rest_of_the_batch_on_every_step():
+    d = GaussianDiffusion(DiffusionConfig())
+    seen = []
+    model = lambda x, t: seen.append(t) or torch.zeros_like(x)
+    g = torch.Generator().manual_seed(0)
+    d.training_loss(model, torch.zeros(4000, 2), g, t_min=700, t_min_share=0.25)
+    (t,) = seen
+    noisiest, rest = t[:1000], t[1000:]
+    assert noisiest.min() == 700 and noisiest.max() == 999
+    assert rest.min() < 50 and rest.max() == 999
+    assert abs((rest < 700).float().mean() - 0.7) < 0.03  # 70% of U{0..999} lies below 700
+    with pytest.raises(ValueError, match="t_min_share 1.5"):
+        d.training_loss(model, torch.zeros(4, 2), g, t_min=700, t_min_share=1.5)
+
+
+def test_frame_noise_correlation_shares_noise_across_a_clip_only():
+    independent = GaussianDiffusion(DiffusionConfig())
+    mixed = GaussianDiffusion(DiffusionConfig(frame_noise_correlation=0.6))
+    shape = (2000, 1, 3, 2, 2)  # (B, C, T, H, W)
+    eps = mixed.noise(shape, torch.Generator().manual_seed(0))
+    frames = eps.transpose(1, 2).reshape(2000, 3, -1)  # (B, T, C*H*W)
+    assert torch.allclose(frames.var(dim=0), torch.ones(3, 4), atol=0.1)  # every frame still N(0, I)
+    frame_correlation = torch.corrcoef(frames[:, :, 0].T)  # (T, T) across clips
+    assert torch.allclose(frame_correlation[~torch.eye(3, dtype=torch.bool)], torch.tensor(0.6), atol=0.05)
+    assert abs(torch.corrcoef(frames[:, 0, :2].T)[0, 1]) < 0.1  # other positions stay independent
+    # 0 is the plain torch.randn draw, and images (4 dims) are never correlated
+    assert torch.equal(independent.noise(shape, torch.Generator().manual_seed(1)),
+                       torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(mixed.noise((4, 1, 2, 2), torch.Generator().manual_seed(1)),
+                       torch.randn((4, 1, 2, 2), generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="frame_noise_correlation 1.0"):
+        GaussianDiffusion(DiffusionConfig(frame_noise_correlation=1.0))

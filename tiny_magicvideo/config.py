@@ -106,6 +106,9 @@ class DiffusionConfig:
     text_drop_prob: float = 0.1  # classifier-free guidance: caption replaced by "" this often
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
+    # video: the share of each frame's noise that all frames of a clip have in common, in training and
+    # sampling (GaussianDiffusion.noise; Ge et al. 2023, not in MagicVideo). 0: independent frames
+    frame_noise_correlation: float = 0.0
 
 
 @dataclass
@@ -125,9 +128,12 @@ class TrainConfig:
     image_steps: int = 6000
     video_steps: int = 6000
     videovae_steps: int = 2000
-    # video stage: draw the diffusion step t from video_t_min..T-1 only. The noisy frames show where
+    # video stage: draw the diffusion step t from video_t_min..T-1. The noisy frames show where
     # the object goes at every lower t, so only the noisiest steps teach the motion words (README)
     video_t_min: int = 0
+    # ... for this share of each batch's clips; the rest draw t from 0..T-1, so that the new layers
+    # also learn to leave the low-noise steps (the shapes' detail) alone
+    video_t_min_share: float = 1.0
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 500

@@ -289,6 +289,13 @@ def caption_for(objects: list[ShapeObject], speed_class: list[str | None],
     return " and ".join(phrases)
 
 
+def plain_caption(colour: str, shape: str, motion: str) -> str:
+    """The grammar's first choice at every word, as benchmarks and samples ask:
+    ("red", "circle", "left") -> "a red circle moving left"; a static motion -> "... standing still"."""
+    action = STATIC_PHRASES[0] if motion == "static" else f"{MOTION_VERBS[0]} {DIRECTION_WORDS[motion][0]}"
+    return f"{ARTICLES[0]} {colour} {shape} {action}"
+
+
 def frame_rates(config: DataConfig) -> list[float]:
     """The frame rates clips are shown at, one per stride: data.fps / s."""
     return [config.fps / stride for stride in config.frame_strides]

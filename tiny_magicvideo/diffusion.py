@@ -50,6 +50,9 @@ class GaussianDiffusion:
     """The schedule's named tensors and the operations that use them."""
 
     def __init__(self, config: DiffusionConfig):
+        if not 0.0 <= config.frame_noise_correlation < 1.0:
+            raise ValueError(f"diffusion.frame_noise_correlation {config.frame_noise_correlation} is not "
+                             f"a correlation this noise can have; use a value in [0, 1), 0 for independent frames")
         self.config = config
         self.num_train_timesteps = config.num_train_timesteps
         self.prediction_type = config.prediction_type
@@ -79,6 +82,19 @@ class GaussianDiffusion:
 
     # ---- forward process and training --------------------------------------------------------
 
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+              device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """eps ~ N(0, I) of `shape`. For clips (B, C, T, H, W) with frame_noise_correlation rho > 0,
+        eps_i = sqrt(rho) eps_shared + sqrt(1 - rho) eps_own_i: every frame's noise is still N(0, I),
+        and any two frames of a clip correlate by rho (the "mixed noise" of Ge et al. 2023)."""
+        own = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        rho = self.config.frame_noise_correlation
+        if rho == 0 or len(shape) != 5:
+            return own
+        batch, channels, _, height, width = shape
+        shared = torch.randn((batch, channels, 1, height, width), generator=generator, device=device, dtype=dtype)
+        return math.sqrt(rho) * shared + math.sqrt(1 - rho) * own  # shared broadcasts over the T frames
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
         abar = self.at(self.alphas_cumprod, t, x0)
@@ -90,17 +106,26 @@ class GaussianDiffusion:
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def training_loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
-                      t_min: int = 0) -> torch.Tensor:
+                      t_min: int = 0, t_min_share: float = 1.0) -> torch.Tensor:
         """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2.
 
-        t_min > 0 draws t from U{t_min..T-1} only: the noisiest steps, where a video model must decide
-        on its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
+        t_min > 0 draws t from U{t_min..T-1}: the noisiest steps, where a video model must decide on
+        its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
+        t_min_share < 1 does so for the first round(t_min_share * batch) samples only; the rest keep
+        t ~ U{0..T-1}, so that the model still learns every step (train.video_t_min_share).
         """
         if not 0 <= t_min < self.num_train_timesteps:
             raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
                              f"steps; use a value in that range (0 trains on every step)")
-        t = torch.randint(t_min, self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if not 0.0 <= t_min_share <= 1.0:
+            raise ValueError(f"t_min_share {t_min_share} is not a share of the batch; use a value in 0..1")
+        batch = x0.shape[0]
+        num_noisiest = round(t_min_share * batch)
+        t = torch.cat([  # (batch,): the first num_noisiest from t_min..T-1, the others from 0..T-1
+            torch.randint(t_min, self.num_train_timesteps, (num_noisiest,), generator=generator, device=x0.device),
+            torch.randint(0, self.num_train_timesteps, (batch - num_noisiest,), generator=generator, device=x0.device),
+        ])
+        noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
         return (model(x_t, t) - target).pow(2).mean()
@@ -131,7 +156,7 @@ class GaussianDiffusion:
             beta, alpha, abar = (self.at(v, t, x) for v in (self.betas, self.alphas, self.alphas_cumprod))
             x = (x - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
             if step > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                z = self.noise(x.shape, generator, x.device, x.dtype)
                 x = x + self.at(self.posterior_variance, t, x).sqrt() * z
         return x
 
@@ -161,7 +186,7 @@ class GaussianDiffusion:
             sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
             x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
             if eta > 0 and prev_step >= 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x + sigma * self.noise(x.shape, generator, x.device, x.dtype)
         return x
 
     @torch.no_grad()

@@ -121,8 +121,8 @@ class TextToVideo:
             {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
         latent_size = data.image_size // self.config.vae.downsample_factor
         generator = torch.Generator(self.device).manual_seed(seed)
-        noise = torch.randn((len(prompts), self.config.vae.latent_channels, num_frames, latent_size, latent_size),
-                            generator=generator, device=self.device)
+        noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
+                                      latent_size), generator, self.device)
         latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
