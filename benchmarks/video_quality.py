@@ -26,7 +26,7 @@ from tiny_magicvideo.metrics import detect
 from tiny_magicvideo.pipeline import TextToVideo
 from tiny_magicvideo.vae import VideoVAE
 
-CHECKED = ("colour", "shape", "direction")
+JUMP_PIXELS = 8  # a frame-to-frame step of the object's centre twice the fastest trained motion
 
 
 def reason_kind(reason: str) -> str:
@@ -59,6 +59,9 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                     hits[key][1] += 1
                 if detection.reason:
                     hits[f"unreadable: {reason_kind(detection.reason)}"][0] += 1
+                moves = np.hypot(*np.diff(detection.centres, axis=0).T)  # (T-1,) px, NaN where no object
+                jumps = bool(np.nanmax(moves, initial=0) > JUMP_PIXELS)
+                hits[f"object jumps > {JUMP_PIXELS} px between frames"][0] += jumps
                 if detection.speed is not None:
                     speeds[fps].append(detection.speed)
     return hits, speeds
@@ -97,12 +100,13 @@ def main() -> None:
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     keys = list(dict.fromkeys(key for hits, _ in results.values() for key in hits))
-    # unreadable last, after the fps rows, then why: one row per kind of reason, as shares of all clips
-    for key in sorted(keys, key=lambda key: key.startswith("unreadable")):
+    # unreadable last, after the fps rows, then why (one row per kind of reason) and how often the
+    # object jumps: these rows are shares of all clips
+    for key in sorted(keys, key=lambda key: (key.startswith("object jumps"), key.startswith("unreadable"))):
         cells = []
         for hits, _ in results.values():
             matches, count = hits.get(key, (0, 0))
-            if key.startswith("unreadable: "):  # a reason is counted only where it occurs
+            if key.startswith(("unreadable: ", "object jumps")):  # counted only where they occur
                 count = hits["unreadable"][1]
             cells.append(f"{100 * matches / count:.1f}% of {count}" if count else "-")
         print(f"| {key} | " + " | ".join(cells) + " |")

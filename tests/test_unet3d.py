@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import UNetConfig
-from tiny_magicvideo.attention import TemporalAttention
+from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention
 from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
 TINY = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
@@ -73,6 +73,9 @@ FPS = torch.tensor([8.0, 4.0])
 
 # unet.temporal_text: the temporal attention also cross-attends to the text
 WITH_TEXT = dataclasses.replace(TINY, temporal_text=True)
+# unet.temporal_only_levels: temporal attention also at level 0, which has no spatial transformer
+LEVEL_0_TOO = dataclasses.replace(TINY, temporal_only_levels=(0,))
+VARIANTS = dict(argvalues=[TINY, WITH_TEXT, LEVEL_0_TOO], ids=["paper", "temporal_text", "temporal_only_levels"])
 
 
 def video_trained_a_little(max_frames=4, config=TINY):
@@ -105,7 +108,7 @@ def test_image_mode_has_no_video_parameters():
     assert not any(isinstance(m, (FrameAdaptor, TemporalAttention)) for m in unet.modules())
 
 
-@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+@pytest.mark.parametrize("config", **VARIANTS)
 def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame(config):
     image = trained_a_little(config)
     video = UNet3D.from_image(image, max_frames=4)
@@ -120,7 +123,7 @@ def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame(confi
         assert torch.allclose(out, frame_by_frame, atol=1e-5)  # (summation order differs by batch size)
 
 
-@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+@pytest.mark.parametrize("config", **VARIANTS)
 def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unchanged(config):
     video = video_trained_a_little(max_frames=5, config=config)
     x, t, context = torch.randn(2, 4, 5, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
@@ -133,13 +136,22 @@ def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unc
         assert (new[:, :, k:] - out[:, :, k:]).flatten(3).abs().amax(-1).min() > 1e-4, k  # the future sees it
 
 
+def test_temporal_only_levels_get_temporal_attention_without_a_spatial_transformer():
+    video = UNet3D.from_image(UNet3D(LEVEL_0_TOO, latent_channels=4, context_width=8), max_frames=4)
+    for level in (video.down[0], video.up[-1]):  # level 0, down and up
+        assert all(isinstance(m, TemporalAttention) for m in level.temporal)
+        assert not any(isinstance(m, SpatialTransformer) for m in level.transformers)
+    paper = UNet3D.from_image(UNet3D(TINY, latent_channels=4, context_width=8), max_frames=4)
+    assert not any(isinstance(m, TemporalAttention) for m in paper.down[0].temporal)
+
+
 def test_frame_rate_reaches_the_output_once_trained():
     video = video_trained_a_little()
     x, t, context = torch.randn(2, 4, 4, 8, 8), torch.tensor([30, 800]), torch.randn(2, 5, 8)
     assert not torch.allclose(video(x, t, context, fps=FPS), video(x, t, context, fps=FPS * 2))
 
 
-@pytest.mark.parametrize("config", [TINY, WITH_TEXT], ids=["paper", "temporal_text"])
+@pytest.mark.parametrize("config", **VARIANTS)
 def test_gradients_reach_the_adaptors_temporal_attention_and_frame_rate_embedding(config):
     video = UNet3D.from_image(trained_a_little(config), max_frames=4)
     set_trainable(video, "temporal")

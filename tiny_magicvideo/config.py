@@ -92,6 +92,9 @@ class UNetConfig:
     video_trainable: Literal["temporal", "all"] = "temporal"
     # video stage: the temporal attention also cross-attends to the text (TemporalAttention)
     temporal_text: bool = False
+    # video mode: levels without a spatial transformer that get a temporal attention all the same
+    # (not in the paper, where it sits beside the spatial transformers only)
+    temporal_only_levels: tuple[int, ...] = ()
 
 
 @dataclass

@@ -133,7 +133,8 @@ STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet
 RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps")
 # settings inside a frozen section that only a later stage uses: free until that stage starts
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
-                    "diffusion.frame_noise_correlation": "video", "vae.temporal_loss_weight": "videovae"}
+                    "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
+                    "vae.temporal_loss_weight": "videovae"}
 
 
 def load_run_config(run_dir) -> Config:

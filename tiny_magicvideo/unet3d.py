@@ -10,7 +10,9 @@ Video mode (`UNet3D.from_image`, "inflation") keeps every image weight and adds 
 - a frame-wise adaptor after every 2D convolution: frame i gets its own per-channel scale and
   shift, z_i = S_i * conv(z_i) + B_i, starting at S = 1, B = 0 (the identity);
 - directed temporal attention beside every spatial transformer, on the same input, its output
-  added: h <- SpatialTransformer(h) + TemporalAttention(h), the second starting at zero;
+  added: h <- SpatialTransformer(h) + TemporalAttention(h), the second starting at zero (and at the
+  levels in unet.temporal_only_levels, which have no spatial transformer, h <- h + TemporalAttention(h);
+  not in the paper);
 - a frame-rate embedding added to the step embedding, its last layer starting at zero.
 
 So a freshly inflated video U-Net computes exactly what the image U-Net computes, frame by frame,
@@ -92,16 +94,17 @@ class ResBlock(ResBlock2d):
 
 class Level(nn.Module):
     """One resolution's ResBlocks, each followed by a spatial transformer where there is one, and in
-    video mode a temporal attention beside each spatial transformer."""
+    video mode a temporal attention beside each spatial transformer (or alone, with `temporal`)."""
 
     def __init__(self, channels_in: list[int], channels: int, embedding_dim: int, attention: bool,
-                 num_heads: int, context_width: int, max_frames: int | None, temporal_text: bool = False):
+                 num_heads: int, context_width: int, max_frames: int | None, temporal_text: bool = False,
+                 temporal: bool = False):
         super().__init__()
         self.resblocks = nn.ModuleList(ResBlock(c, channels, embedding_dim, max_frames) for c in channels_in)
         self.transformers = nn.ModuleList(
             SpatialTransformer(channels, num_heads, context_width) if attention else nn.Identity()
             for _ in channels_in)
-        video_attention = attention and max_frames is not None
+        video_attention = (attention or temporal) and max_frames is not None
         self.temporal = nn.ModuleList(
             TemporalAttention(channels, num_heads, max_frames, context_width if temporal_text else None)
             if video_attention else nn.Identity()
@@ -129,9 +132,9 @@ class UNet3D(nn.Module):
         self.conv_in = nn.Conv2d(latent_channels, base, 3, padding=1)
         self.adaptor_in = frame_adaptor(base, max_frames)
 
-        def level(inputs, width, attention):
+        def level(inputs, width, attention, temporal=False):
             return Level(inputs, width, embedding_dim, attention, config.num_heads, context_width, max_frames,
-                         config.temporal_text)
+                         config.temporal_text, temporal)
 
         # down path: remember the channels of every skip connection it leaves behind
         skips, channels = [base], base
@@ -139,7 +142,7 @@ class UNet3D(nn.Module):
         self.downsample_adaptors = nn.ModuleList()
         for index, width in enumerate(widths):
             self.down.append(level([channels] + [width] * (config.num_res_blocks - 1), width,
-                                   index in config.attention_levels))
+                                   index in config.attention_levels, index in config.temporal_only_levels))
             channels = width
             skips += [width] * config.num_res_blocks
             last = index == len(widths) - 1
@@ -159,7 +162,8 @@ class UNet3D(nn.Module):
             for _ in range(config.num_res_blocks + 1):
                 inputs.append(channels + skips.pop())
                 channels = width
-            self.up.append(level(inputs, width, index in config.attention_levels))
+            self.up.append(level(inputs, width, index in config.attention_levels,
+                                 index in config.temporal_only_levels))
             self.upsample.append(nn.Identity() if index == 0 else nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)))
             self.upsample_adaptors.append(nn.Identity() if index == 0 or max_frames is None
@@ -229,7 +233,8 @@ class UNet3D(nn.Module):
                     h = torch.cat([h, skips.pop()], dim=1)
                 h = resblock(h, embedding, num_frames)
                 if isinstance(temporal, TemporalAttention):  # parallel, on the same input
-                    h = spatial(h, context, context_mask) + temporal(h, num_frames, context, context_mask)
+                    update = temporal(h, num_frames, context, context_mask)
+                    h = (spatial(h, context, context_mask) if isinstance(spatial, SpatialTransformer) else h) + update
                 elif isinstance(spatial, SpatialTransformer):
                     h = spatial(h, context, context_mask)
                 if saved is not None:
