@@ -8,7 +8,8 @@ Clip i is sampled at the run's frame rates in turn, in batches seeded by their f
 (so the table is reproducible), with DDIM (`--steps`) and the run's guidance scale. The attribute
 detector (metrics.py) reads each clip back; the tables give the share of clips whose detected colour,
 shape and direction match the prompt, and all three together, the share it could not read and why,
-then the detected speed per frame rate (frame-rate conditioning at work). Clips are decoded
+how often the object's centre jumps more than JUMP_PIXELS between two frames, then the detected speed
+per frame rate (frame-rate conditioning at work). Clips are decoded
 as `sample.py` decodes them: by the run's VideoVAE where it has one.
 """
 
@@ -52,16 +53,16 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                 detection = detect(frames)
                 matches = {"colour": detection.colour == colour, "shape": detection.shape == shape,
                            "direction": detection.direction == motion}
+                moves = np.hypot(*np.diff(detection.centres, axis=0).T)  # (T-1,) px, NaN where no object
+                jumps = bool(np.nanmax(moves, initial=0) > JUMP_PIXELS)
                 for key, ok in [*matches.items(), ("all three", all(matches.values())),
                                 (f"all three at fps {fps:g}", all(matches.values())),
-                                ("unreadable", detection.reason != "")]:
+                                ("unreadable", detection.reason != ""),
+                                (f"object jumps > {JUMP_PIXELS} px between frames", jumps)]:
                     hits[key][0] += ok
                     hits[key][1] += 1
                 if detection.reason:
                     hits[f"unreadable: {reason_kind(detection.reason)}"][0] += 1
-                moves = np.hypot(*np.diff(detection.centres, axis=0).T)  # (T-1,) px, NaN where no object
-                jumps = bool(np.nanmax(moves, initial=0) > JUMP_PIXELS)
-                hits[f"object jumps > {JUMP_PIXELS} px between frames"][0] += jumps
                 if detection.speed is not None:
                     speeds[fps].append(detection.speed)
     return hits, speeds
@@ -100,13 +101,12 @@ def main() -> None:
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     keys = list(dict.fromkeys(key for hits, _ in results.values() for key in hits))
-    # unreadable last, after the fps rows, then why (one row per kind of reason) and how often the
-    # object jumps: these rows are shares of all clips
+    # unreadable after the fps rows, then why (one row per kind of reason), then the jumps
     for key in sorted(keys, key=lambda key: (key.startswith("object jumps"), key.startswith("unreadable"))):
         cells = []
         for hits, _ in results.values():
             matches, count = hits.get(key, (0, 0))
-            if key.startswith(("unreadable: ", "object jumps")):  # counted only where they occur
+            if key.startswith("unreadable: "):  # a reason is counted only where it occurs: share of all clips
                 count = hits["unreadable"][1]
             cells.append(f"{100 * matches / count:.1f}% of {count}" if count else "-")
         print(f"| {key} | " + " | ".join(cells) + " |")
