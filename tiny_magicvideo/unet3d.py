@@ -231,12 +231,11 @@ class UNet3D(nn.Module):
             for resblock, spatial, temporal in zip(level.resblocks, level.transformers, level.temporal):
                 if skips is not None:
                     h = torch.cat([h, skips.pop()], dim=1)
-                h = resblock(h, embedding, num_frames)
-                if isinstance(temporal, TemporalAttention):  # parallel, on the same input
-                    update = temporal(h, num_frames, context, context_mask)
-                    h = (spatial(h, context, context_mask) if isinstance(spatial, SpatialTransformer) else h) + update
-                elif isinstance(spatial, SpatialTransformer):
-                    h = spatial(h, context, context_mask)
+                h = block_input = resblock(h, embedding, num_frames)
+                if isinstance(spatial, SpatialTransformer):
+                    h = spatial(block_input, context, context_mask)
+                if isinstance(temporal, TemporalAttention):  # parallel to the spatial one, on the same input
+                    h = h + temporal(block_input, num_frames, context, context_mask)
                 if saved is not None:
                     saved.append(h)
             return h
