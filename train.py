@@ -8,13 +8,14 @@ one from its last checkpoint: vae -> image -> video -> videovae (see DESIGN.md, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tiny_magicvideo.config import Config, parse_config
+from tiny_magicvideo.config import Config, DataConfig, parse_config
 from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_video, make_loader,
                                   sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
@@ -34,28 +35,27 @@ def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
     return torch.stack([frames_to_video(sample_clip(config.data, split, i)[0]) for i in range(count)])
 
 
+def single_frames(data: DataConfig) -> DataConfig:
+    """The data of the image stages (vae, image): clips of one frame, the object anywhere in the
+    frame, captions as for clips; a fraction 1 / num_frames of the rendering of whole clips."""
+    return dataclasses.replace(data, num_frames=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage vae: the image autoencoder on single frames.
 
 
 def vae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = AutoencoderKL(config.vae)
-    frames_per_clip = min(2, config.data.num_frames)
-    clips_per_batch = max(1, config.train.batch_size // frames_per_clip)
     preview = fixed_clips(config, "val", 8).to(device)
 
     def batches(start_step: int):
-        return make_loader(config.data, "train", clips_per_batch, start_step=start_step,
-                           num_steps=config.train.vae_steps)
+        return make_loader(single_frames(config.data), "train", config.train.batch_size,
+                           start_step=start_step, num_steps=config.train.vae_steps)
 
     def loss(batch: dict, generator: torch.Generator):
-        video = batch["video"].to(device)  # (B, 3, T, H, W)
-        num_clips, _, num_frames = video.shape[:3]
-        # frames_per_clip random frames of each clip: (B, T, 3, H, W)[clip, picked] -> (B, k, 3, H, W)
-        picked = torch.randint(num_frames, (num_clips, frames_per_clip), generator=generator,
-                               device=device)
-        frames = video.transpose(1, 2)[torch.arange(num_clips, device=device)[:, None], picked]
-        return vae.loss(frames.flatten(0, 1), generator)  # (B*k, 3, H, W)
+        frames = batch["video"].to(device)[:, :, 0]  # (B, 3, 1, H, W) -> (B, 3, H, W)
+        return vae.loss(frames, generator)
 
     def write_samples(ema_vae: AutoencoderKL, step: int) -> None:
         """A GIF of 8 validation clips, originals above their reconstructions."""
@@ -119,16 +119,13 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     diffusion = GaussianDiffusion(config.diffusion)
 
     def batches(start_step: int):
-        return make_loader(config.data, "train", config.train.batch_size, start_step=start_step,
+        return make_loader(single_frames(config.data), "train", config.train.batch_size, start_step=start_step,
                            num_steps=config.train.image_steps)
 
     def loss(batch: dict, generator: torch.Generator):
-        video = batch["video"].to(device)  # (B, 3, T, H, W)
-        num_clips, _, num_frames = video.shape[:3]
-        picked = torch.randint(num_frames, (num_clips,), generator=generator, device=device)
-        frames = video[torch.arange(num_clips, device=device), :, picked]  # one frame a clip: (B, 3, H, W)
+        frames = batch["video"].to(device)  # (B, 3, 1, H, W)
         with torch.no_grad():
-            latents = vae.encode_video(frames[:, :, None])  # (B, 3, 1, H, W) -> (B, 4, 1, h, w)
+            latents = vae.encode_video(frames)  # (B, 4, 1, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask), latents, generator), {}
 
@@ -193,8 +190,11 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 
+    # with video_trainable all, the reused image weights and text encoder take their own rate
+    new_layers = {f"unet.{name}" for name in unet.video_parameter_names()}
     return Stage("video", model, loss, batches, config.train.video_steps, config.train.video_learning_rate,
-                 write_samples)
+                 write_samples, learning_rates=lambda name: (config.train.video_learning_rate if name in new_layers
+                                                             else config.train.video_reused_learning_rate))
 
 
 def finish_video(model, config: Config, run_dir: Path, device: torch.device) -> None:

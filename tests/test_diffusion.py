@@ -202,3 +202,31 @@ def test_frame_noise_correlation_shares_noise_across_a_clip_only():
                        torch.randn((4, 1, 2, 2), generator=torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="frame_noise_correlation 1.0"):
         GaussianDiffusion(DiffusionConfig(frame_noise_correlation=1.0))
+
+
+def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_noised_to_the_step():
+    d = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    noise = torch.randn(2, 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))  # (B, C, T, H, W)
+    calls = []
+
+    def causal_model(x, t):
+        """A toy causal video denoiser: frame j's output is half the mean of frames 0..j."""
+        calls.append((x.clone(), t.clone()))
+        return 0.5 * x.cumsum(dim=2) / torch.arange(1, x.shape[2] + 1).view(1, 1, -1, 1, 1)
+
+    video = d.ddim_sample_frame_by_frame(causal_model, noise, 6, progress=False)
+    assert video.shape == noise.shape and len(calls) == 4 * 6  # 6 steps for each of the 4 frames
+    for clip, t in calls:
+        k = clip.shape[2] - 1  # the frame being drawn; frames 0..k-1 are finished
+        expected = d.q_sample(video[:, :, :k], t, noise[:, :, :k])
+        assert torch.allclose(clip[:, :, :k], expected, atol=1e-6)
+    # frame 0 sees no other frame either way, so it is the same as in joint sampling
+    joint = d.ddim_sample(causal_model, noise, 6, progress=False)
+    assert torch.allclose(video[:, :, 0], joint[:, :, 0], atol=1e-6)
+    assert not torch.allclose(video[:, :, 1:], joint[:, :, 1:], atol=1e-3)
+
+    def framewise_model(x, t):  # no frame sees another: both orders must agree
+        return 0.5 * x
+
+    assert torch.allclose(d.ddim_sample_frame_by_frame(framewise_model, noise, 6, progress=False),
+                          d.ddim_sample(framewise_model, noise, 6, progress=False), atol=1e-6)

@@ -35,6 +35,9 @@ def test_a_fixed_seed_gives_the_same_clips(smoke_run, eta):
     first = sample(7)
     assert np.array_equal(first, sample(7))
     assert not np.array_equal(first, sample(8))
+    joint = pipeline("a red circle moving left", num_inference_steps=3, seed=7, eta=eta, sampling="joint").frames
+    assert np.array_equal(joint, pipeline("a red circle moving left", num_inference_steps=3, seed=7, eta=eta,
+                                          sampling="joint").frames)
 
 
 def test_frame_rate_changes_the_clip(smoke_run):
@@ -51,6 +54,8 @@ def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
         pipeline("a red circle", num_frames=8)
     with pytest.raises(ValueError, match="fps=0: the frame rate must be positive; this run trained on 8, 4"):
         pipeline("a red circle", fps=0)
+    with pytest.raises(ValueError, match="sampling='backwards': use 'frame_by_frame' .* or 'joint'"):
+        pipeline("a red circle", sampling="backwards")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         TextToVideo.from_run(tmp_path)
     with pytest.raises(ValueError, match="stage must be 'video' or 'image'"):

@@ -62,3 +62,20 @@ def test_unknown_stage_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "audio"])
     assert "invalid choice: 'audio'" in capsys.readouterr().err
+
+
+def test_video_stage_all_trains_reused_weights_at_their_own_rate(tmp_path):
+    """With video_trainable all, video_reused_learning_rate 0 keeps every image weight as the image
+    stage left it, while the new layers train at video_learning_rate."""
+    import torch
+
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.video_steps", "3",
+            "--unet.video_trainable", "all", "--train.video_reused_learning_rate", "0"]
+    run_dir = train.main(args + ["--stage", "vae"])
+    train.main(args + ["--stage", "image"])
+    train.main(args + ["--stage", "video"])
+    image = torch.load(run_dir / "unet_image.pt", weights_only=True)["ema"]
+    video = torch.load(run_dir / "unet.pt", weights_only=True)["model"]
+    assert all(torch.equal(video[name], weight) for name, weight in image.items()), "an image weight moved"
+    temporal_out = [name for name in video if "temporal" in name and name.endswith("proj_out.weight")]
+    assert temporal_out and any(video[name].abs().sum() > 0 for name in temporal_out), "new layers did not train"

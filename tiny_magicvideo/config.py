@@ -109,6 +109,10 @@ class DiffusionConfig:
     text_drop_prob: float = 0.1  # classifier-free guidance: caption replaced by "" this often
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
+    # video sampling: "frame_by_frame" finishes frame 0, then frame 1 beside it, and so on, as the
+    # causal temporal attention reads a clip (GaussianDiffusion.ddim_sample_frame_by_frame);
+    # "joint" denoises all frames together, T times cheaper
+    video_sampling: Literal["frame_by_frame", "joint"] = "frame_by_frame"
     # video: the share of each frame's noise that all frames of a clip have in common, in training and
     # sampling (GaussianDiffusion.noise; Ge et al. 2023, not in MagicVideo). 0: independent frames
     frame_noise_correlation: float = 0.0
@@ -121,7 +125,9 @@ class TrainConfig:
     batch_size: int = 32  # frames for the vae and image stages
     video_batch_size: int = 8  # clips for the video and videovae stages
     learning_rate: float = 2e-4  # the image stage's U-Net
-    video_learning_rate: float = 2e-4  # the video stage's new layers (and the rest, with `all`)
+    video_learning_rate: float = 2e-4  # the video stage's new layers
+    # the video stage with unet.video_trainable all: the reused image weights and the text encoder
+    video_reused_learning_rate: float = 2e-4
     vae_learning_rate: float = 1e-3  # the autoencoder stages (vae, videovae)
     warmup_steps: int = 100  # the learning rate rises linearly from 0 over these steps
     weight_decay: float = 0.01

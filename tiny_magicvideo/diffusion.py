@@ -190,6 +190,33 @@ class GaussianDiffusion:
         return x
 
     @torch.no_grad()
+    def ddim_sample_frame_by_frame(self, model: Denoiser, noise: torch.Tensor, num_inference_steps: int = 25,
+                                   eta: float = 0.0, generator: torch.Generator | None = None,
+                                   progress: bool = True) -> torch.Tensor:
+        """DDIM for a causal video model, one frame at a time: p(x^0) p(x^1 | x^0) ... p(x^k | x^<k).
+
+        Frame k runs its own DDIM from x_T = noise[:, :, k], the finished frames 0..k-1 beside it.
+        At each step t the model sees them as it saw every frame in training, q_sample(x^j, t, eps^j)
+        with their own starting noise eps^j, and frame k's prediction, which the causal attention
+        bases on frames 0..k only, updates frame k. Frames then agree with the finished ones before
+        them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the consensus
+        of frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
+        """
+        finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
+        for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
+            previous_noise = noise[:, :, :k]
+
+            def frame_k(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                """x_t (B, C, 1, H, W), frame k -> its prediction, frames 0..k-1 noised to step t."""
+                clip = torch.cat([self.q_sample(finished, t, previous_noise), x_t], dim=2)
+                return model(clip, t)[:, :, -1:]
+
+            frame = self.ddim_sample(frame_k, noise[:, :, k:k + 1], num_inference_steps, eta, generator,
+                                     progress=False)
+            finished = torch.cat([finished, frame], dim=2)
+        return finished
+
+    @torch.no_grad()
     def ddim_invert(self, model: Denoiser, x0: torch.Tensor, num_inference_steps: int = 25) -> torch.Tensor:
         """Run deterministic DDIM forwards, clean data -> x_T: the latent that ddim_sample with eta = 0
         maps back to x0 (up to discretisation error)."""

@@ -92,9 +92,10 @@ class TextToVideo:
     def __call__(self, prompt: str | list[str], num_frames: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  fps: float | None = None, seed: int = 0, eta: float = 0.0,
-                 progress: bool = False) -> VideoOutput:
+                 sampling: str | None = None, progress: bool = False) -> VideoOutput:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
-        num_inference_steps and guidance_scale, and fps = data.fps (stride 1, the slowest motion)."""
+        num_inference_steps, guidance_scale and video_sampling ("frame_by_frame" or "joint"), and
+        fps = data.fps (stride 1, the slowest motion)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         data = self.config.data
         if self.unet.is_video:
@@ -112,6 +113,10 @@ class TextToVideo:
                 raise ValueError(f"num_frames={num_frames}: this is a text-to-image model (the run has "
                                  f"no video stage yet), it makes single images (num_frames=1)")
             num_frames, condition = 1, {}
+        sampling = self.config.diffusion.video_sampling if sampling is None else sampling
+        if sampling not in ("frame_by_frame", "joint"):
+            raise ValueError(f"sampling={sampling!r}: use 'frame_by_frame' (each frame after the finished "
+                             f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
         context, mask = self.text_encoder(prompts)
@@ -123,7 +128,10 @@ class TextToVideo:
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
                                       latent_size), generator, self.device)
-        latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
+        if sampling == "frame_by_frame" and num_frames > 1:
+            latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress)
+        else:
+            latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
 

@@ -58,6 +58,8 @@ class Stage:
     learning_rate: float
     # write_samples(ema_model, step) writes sample files; None for no samples
     write_samples: Callable[[nn.Module, int], None] | None = None
+    # learning_rates(parameter name) -> its peak learning rate; None: learning_rate for all
+    learning_rates: Callable[[str], float] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,8 +131,9 @@ def checkpoint_step(path: Path) -> int:
 # may not change for that run.
 STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet", "diffusion"),
                   "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
-# settings that never change what is trained (the last two are only used when sampling)
-RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps")
+# settings that never change what is trained (the last three are only used when sampling)
+RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps",
+                  "diffusion.video_sampling")
 # settings inside a frozen section that only a later stage uses: free until that stage starts
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
                     "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
@@ -265,9 +268,14 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     settings = config.train
     model = stage.model.to(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=stage.learning_rate,
-                                  weight_decay=settings.weight_decay)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    parameters = [p for _, p in named]
+    rates = [stage.learning_rate if stage.learning_rates is None else stage.learning_rates(name)
+             for name, _ in named]
+    # one AdamW group per learning rate, each scaled by the same warmup and decay
+    groups = [{"params": [p for p, r in zip(parameters, rates) if r == rate], "lr": rate}
+              for rate in sorted(set(rates))]
+    optimizer = torch.optim.AdamW(groups, lr=stage.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, settings.warmup_steps, stage.num_steps))
     ema = make_ema(model, settings.ema_decay)
