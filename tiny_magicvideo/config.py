@@ -215,15 +215,17 @@ def smoke_preset() -> Config:
 
 
 def cpu_preset() -> Config:
-    """The laptop tier: 64x64 frames, 8-frame clips; meant for an hour on 2 cores, two so far (README)."""
+    """The laptop tier: 64x64 frames, 8-frame clips; about an hour on 2 cores (README)."""
     config = Config(preset="cpu", name="cpu")
     # 1.5-2 px a frame at 8 fps (stride 1), 3-4 px a frame at 4 fps (stride 2)
     config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 2.0), frame_strides=(1, 2))
-    # temporal_text: the motion words reach the temporal attention directly (README, text-to-video)
-    config.unet = UNetConfig(base_channels=32, temporal_text=True)
+    # temporal_text: the motion words reach the temporal attention directly; video_trainable all:
+    # with the image weights frozen the object jumps about from frame to frame (README, text-to-video)
+    config.unet = UNetConfig(base_channels=32, temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()
     # video stage: only the noisiest steps (t >= 700) teach the direction word, and the new layers,
-    # which start at zero, need a larger step than the image stage; 2000 steps (README)
+    # which start at zero, need a larger step than the image stage (the reused weights keep the
+    # default video_reused_learning_rate, 2e-4); 2000 steps (README)
     # videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
     config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_learning_rate=1e-3,
                                video_t_min=700, video_steps=2000, videovae_steps=500)
@@ -237,9 +239,10 @@ def gpu_preset() -> Config:
                              num_train_clips=200_000, num_workers=8)
     config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
     config.text = TextConfig(width=256, num_layers=4, num_heads=8)
-    # temporal_text and video_t_min as in the cpu preset, where they were measured; not yet on a GPU
+    # temporal_text, video_trainable and video_t_min as in the cpu preset, where they were measured;
+    # not yet on a GPU
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8,
-                             temporal_text=True)
+                             temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()
     config.train = TrainConfig(
         batch_size=64, vae_steps=20_000, image_steps=60_000, video_steps=60_000, video_t_min=700,
