@@ -128,10 +128,9 @@ class TextToVideo:
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
                                       latent_size), generator, self.device)
-        if sampling == "frame_by_frame" and num_frames > 1:
-            latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress)
-        else:
-            latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
+        sample = (self.diffusion.ddim_sample_frame_by_frame if sampling == "frame_by_frame"
+                  else self.diffusion.ddim_sample)  # one frame (an image): the two are the same
+        latents = sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
 
