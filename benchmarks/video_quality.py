@@ -1,7 +1,7 @@
 """Measure the text-to-video model: do sampled clips show the colour, shape and motion of their prompt?
 
     python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
-        [--sampling frame_by_frame|joint]
+        [--guidance_scale G] [--sampling frame_by_frame|joint] [--device cpu|cuda|auto]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
@@ -12,7 +12,8 @@ detector (metrics.py) reads each clip back; the tables give the share of clips w
 shape and direction match the prompt, and all three together, the share it could not read and why,
 how often the object's centre jumps more than JUMP_PIXELS between two frames (and between the
 first two), then the detected speed per frame rate (frame-rate conditioning at work). Clips are
-decoded as `sample.py` decodes them: by the run's VideoVAE where it has one.
+decoded as `sample.py` decodes them: by the run's VideoVAE where it has one. The same seeds draw
+different noise on a GPU than on the CPU, so a table from each is a separate sample of the model.
 """
 
 from __future__ import annotations
@@ -82,14 +83,16 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame by frame or all frames at once (default: the run's diffusion.video_sampling)")
+    parser.add_argument("--device", default="cpu", help="cpu (the default), cuda, mps or auto")
     args = parser.parse_args()
-    pipeline = TextToVideo.from_run(args.run, device="cpu", stage="video")
+    pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
     config = pipeline.config
     scale = config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
     sampling = config.diffusion.video_sampling if args.sampling is None else args.sampling
     decoder = "VideoVAE" if isinstance(pipeline.vae, VideoVAE) else "image VAE"
     print(f"{args.run}: {config.data.num_frames} frames of {config.data.image_size}x{config.data.image_size}, "
-          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}, decoded by the {decoder}")
+          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}, decoded by the {decoder}, "
+          f"on {pipeline.device}")
 
     # the trained combinations in a fixed shuffled order, so that fewer clips than combinations
     # still mix colours, shapes and motions
@@ -104,7 +107,7 @@ def main() -> None:
         start = time.perf_counter()
         results[name] = evaluate(pipeline, combos, count, args.steps, scale, sampling)
         seconds = time.perf_counter() - start
-        print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip on the CPU)")
+        print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip)")
 
     names = list(results)
     print("\n| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
