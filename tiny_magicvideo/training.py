@@ -8,7 +8,8 @@ for all of them:
 - an exponential moving average (EMA) of the weights, torch.optim.swa_utils.AveragedModel:
   theta_ema <- decay_n * theta_ema + (1 - decay_n) * theta, with decay_n = min(decay, (1+n)/(10+n))
   so that the average is not dominated by the random initial weights in short runs;
-- a tqdm bar with the loss, `log.csv` (one row per logged value) and `loss.png` redrawn from it;
+- a tqdm bar with the loss, `log.csv` (one row per logged value) and `loss.png` redrawn from it at
+  every checkpoint;
 - sample files every `train.sample_every` steps (what a sample is, the stage decides);
 - checkpoints `state_<stage>.pt` with model, EMA, optimizer, step and random state, written to a
   temporary file and renamed, so a killed run never leaves half a file and a resumed run continues
@@ -339,13 +340,13 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
                 log_rows.append({"stage": stage.name, "step": step, "seconds": seconds,
                                  "name": name, "value": f"{value:.6g}"})
             write_log(run_dir, log_rows)
-            plot_log(run_dir)
         if stage.write_samples is not None and (step % settings.sample_every == 0 or step == stage.num_steps):
             ema.module.eval()
             with torch.no_grad():
                 stage.write_samples(ema.module, step)
         if step % settings.checkpoint_every == 0 or step == stage.num_steps:
             save_state()
+            plot_log(run_dir)  # about a second a drawing: at checkpoints, not at every log row
     progress.close()
 
     save_atomically({"model": model.state_dict(), "ema": ema.module.state_dict(),
