@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections import defaultdict
 
@@ -83,9 +84,13 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame by frame or all frames at once (default: the run's diffusion.video_sampling)")
-    parser.add_argument("--device", default="cpu", help="cpu (the default), cuda, mps or auto")
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default="cpu",
+                        help="where to sample (auto: cuda, then mps, then cpu)")
     args = parser.parse_args()
-    pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
+    try:
+        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
+    except (FileNotFoundError, ValueError) as error:  # no such run, no video stage, no such device
+        sys.exit(f"error: {error}")
     config = pipeline.config
     scale = config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
     sampling = config.diffusion.video_sampling if args.sampling is None else args.sampling
