@@ -181,12 +181,14 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
                                        t_min=config.train.video_t_min,
-                                       t_min_share=config.train.video_t_min_share), {}
+                                       t_min_share=config.train.video_t_min_share,
+                                       clean_past=config.diffusion.past_frames == "clean"), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
         pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
-        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames for fps in frame_rates(config.data)])
+        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames
+                                for fps in frame_rates(config.data)])
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 

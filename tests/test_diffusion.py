@@ -185,6 +185,30 @@ def test_t_min_share_keeps_the_rest_of_the_batch_on_every_step():
         d.training_loss(model, torch.zeros(4, 2), g, t_min=700, t_min_share=1.5)
 
 
+def test_clean_past_shows_each_clips_leading_frames_clean_and_learns_the_rest_only():
+    d = GaussianDiffusion(DiffusionConfig())  # epsilon prediction: the target is the noise
+    x0 = torch.randn(256, 2, 6, 3, 3)  # (B, C, T, H, W)
+    seen = []
+
+    def model(x_t, t):
+        """Predicts 0 (loss = eps^2, about 1) on noisy frames and an absurd value on clean ones."""
+        seen.append((x_t, t))
+        return 1e6 * (t == 0)[:, None, :, None, None].float()
+
+    loss = d.training_loss(model, x0, torch.Generator().manual_seed(0), t_min=1, clean_past=True)
+    ((x_t, t),) = seen
+    assert t.shape == (256, 6)  # a step per frame
+    num_clean = (t == 0).sum(dim=1)  # k for each clip
+    for steps, k in zip(t, num_clean):  # k clean frames, then the clip's own step on the rest
+        assert (steps[:k] == 0).all() and (steps[k:] == steps[-1]).all() and steps[-1] >= 1
+    assert set(num_clean.tolist()) == set(range(6))  # k ~ U{0..T-1}: 0 (all noisy) to T-1 clean frames
+    clean = (t == 0)[:, None, :, None, None].expand_as(x0)
+    abar_0 = d.alphas_cumprod[0].item()  # step 0: x_t = sqrt(abar_0) x_0 + sqrt(1 - abar_0) eps, all but clean
+    leftover_noise = x_t[clean] - abar_0 ** 0.5 * x0[clean]
+    assert abs(leftover_noise.std().item() / (1 - abar_0) ** 0.5 - 1) < 0.05
+    assert 0.8 < loss.item() < 1.2  # the clean frames' absurd predictions are not in the loss
+
+
 def test_frame_noise_correlation_shares_noise_across_a_clip_only():
     independent = GaussianDiffusion(DiffusionConfig())
     mixed = GaussianDiffusion(DiffusionConfig(frame_noise_correlation=0.6))
@@ -204,7 +228,8 @@ def test_frame_noise_correlation_shares_noise_across_a_clip_only():
         GaussianDiffusion(DiffusionConfig(frame_noise_correlation=1.0))
 
 
-def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_noised_to_the_step():
+@pytest.mark.parametrize("clean_past", [False, True])
+def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_at_the_step_or_clean(clean_past):
     d = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
     noise = torch.randn(2, 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))  # (B, C, T, H, W)
     calls = []
@@ -214,11 +239,14 @@ def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_noised_to_th
         calls.append((x.clone(), t.clone()))
         return 0.5 * x.cumsum(dim=2) / torch.arange(1, x.shape[2] + 1).view(1, 1, -1, 1, 1)
 
-    video = d.ddim_sample_frame_by_frame(causal_model, noise, 6, progress=False)
+    video = d.ddim_sample_frame_by_frame(causal_model, noise, 6, progress=False, clean_past=clean_past)
     assert video.shape == noise.shape and len(calls) == 4 * 6  # 6 steps for each of the 4 frames
     for clip, t in calls:
         k = clip.shape[2] - 1  # the frame being drawn; frames 0..k-1 are finished
-        expected = d.q_sample(video[:, :, :k], t, noise[:, :, :k])
+        assert t.shape == (2, k + 1)  # a step per frame
+        past_steps = torch.zeros_like(t[:, :k]) if clean_past else t[:, k:].expand(-1, k)
+        assert torch.equal(t[:, :k], past_steps)
+        expected = d.q_sample(video[:, :, :k], past_steps, noise[:, :, :k])
         assert torch.allclose(clip[:, :, :k], expected, atol=1e-6)
     # frame 0 sees no other frame either way, so it is the same as in joint sampling
     joint = d.ddim_sample(causal_model, noise, 6, progress=False)
@@ -228,5 +256,5 @@ def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_noised_to_th
     def framewise_model(x, t):  # no frame sees another: both orders must agree
         return 0.5 * x
 
-    assert torch.allclose(d.ddim_sample_frame_by_frame(framewise_model, noise, 6, progress=False),
-                          d.ddim_sample(framewise_model, noise, 6, progress=False), atol=1e-6)
+    framewise_video = d.ddim_sample_frame_by_frame(framewise_model, noise, 6, progress=False, clean_past=clean_past)
+    assert torch.allclose(framewise_video, d.ddim_sample(framewise_model, noise, 6, progress=False), atol=1e-6)

@@ -40,6 +40,16 @@ def test_a_fixed_seed_gives_the_same_clips(smoke_run, eta):
                                           sampling="joint").frames)
 
 
+def test_clean_past_frames_change_frame_by_frame_sampling_after_frame_0(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    assert pipeline.config.diffusion.past_frames == "noised"
+    noised = pipeline("a red circle moving left", num_inference_steps=3).latents
+    pipeline.config.diffusion.past_frames = "clean"  # as a run trained with --diffusion.past_frames clean
+    clean = pipeline("a red circle moving left", num_inference_steps=3).latents
+    assert torch.equal(clean[:, :, 0], noised[:, :, 0])  # frame 0 has no past
+    assert not torch.allclose(clean[:, :, 1:], noised[:, :, 1:], atol=1e-4)
+
+
 def test_frame_rate_changes_the_clip(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     slow, fast = (pipeline("a red circle moving left", num_inference_steps=3, fps=fps).latents for fps in (8.0, 4.0))

@@ -113,6 +113,10 @@ class DiffusionConfig:
     # causal temporal attention reads a clip (GaussianDiffusion.ddim_sample_frame_by_frame);
     # "joint" denoises all frames together, T times cheaper
     video_sampling: Literal["frame_by_frame", "joint"] = "frame_by_frame"
+    # frame by frame, the finished frames beside frame k are shown "noised" to its step, as every
+    # frame of a training clip is, or "clean": the video stage then trains with a random number of
+    # leading frames clean (GaussianDiffusion.training_loss, clean_past)
+    past_frames: Literal["noised", "clean"] = "noised"
     # video: the share of each frame's noise that all frames of a clip have in common, in training and
     # sampling (GaussianDiffusion.noise; Ge et al. 2023, not in MagicVideo). 0: independent frames
     frame_noise_correlation: float = 0.0

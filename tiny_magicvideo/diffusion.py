@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from .config import DiffusionConfig
 
-# model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps
+# model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps, or for
+# clips (B, C, T, H, W) a (B, T) tensor, a step per frame
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -72,12 +73,15 @@ class GaussianDiffusion:
         self.posterior_mean_coef_xt = (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod)
 
     def at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """values[t] shaped (B, 1, 1, ...) to broadcast against `like`, in its dtype and device.
+        """values[t] shaped (B, 1, 1, ...) to broadcast against `like`, in its dtype and device; per-frame
+        steps t (B, T) of clips `like` (B, C, T, H, W) give (B, 1, T, 1, 1).
 
         t = -1 stands for "before step 0", where abar = 1.
         """
         padded = torch.cat([values.new_ones(1), values])  # index 0 is step -1
         picked = padded.to(like.device)[t.to(like.device) + 1].to(like.dtype)
+        if t.ndim == 2:  # a step per frame, (B, T), against clips (B, C, T, H, W)
+            return picked[:, None, :, None, None]
         return picked.reshape(-1, *([1] * (like.ndim - 1)))
 
     # ---- forward process and training --------------------------------------------------------
@@ -106,13 +110,18 @@ class GaussianDiffusion:
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def training_loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
-                      t_min: int = 0, t_min_share: float = 1.0) -> torch.Tensor:
+                      t_min: int = 0, t_min_share: float = 1.0, clean_past: bool = False) -> torch.Tensor:
         """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2.
 
         t_min > 0 draws t from U{t_min..T-1}: the noisiest steps, where a video model must decide on
         its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
         t_min_share < 1 does so for the first round(t_min_share * batch) samples only; the rest keep
         t ~ U{0..T-1}, so that the model still learns every step (train.video_t_min_share).
+
+        clean_past (clips only): each clip's first k frames, k ~ U{0..T-1}, are shown clean (at step 0)
+        and the loss covers frames k..T-1, which share the clip's step t. A causal model then learns
+        p(frame k | clean frames 0..k-1), what frame-by-frame sampling with clean past frames asks of
+        it (diffusion.past_frames clean; "teacher forcing"). k = 0 is the ordinary, all-noisy clip.
         """
         if not 0 <= t_min < self.num_train_timesteps:
             raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
@@ -126,9 +135,16 @@ class GaussianDiffusion:
             torch.randint(0, self.num_train_timesteps, (batch - num_noisiest,), generator=generator, device=x0.device),
         ])
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
+        learned = torch.ones_like(x0)  # which elements the loss covers
+        if clean_past:
+            num_frames = x0.shape[2]
+            num_clean = torch.randint(0, num_frames, (batch, 1), generator=generator, device=x0.device)  # k, (B, 1)
+            noisy = torch.arange(num_frames, device=x0.device)[None] >= num_clean  # (B, T): frames k..T-1
+            t = t[:, None] * noisy  # (B, T): step 0 for the clean past, the clip's t after it
+            learned = learned * noisy[:, None, :, None, None]  # (B, T) -> (B, 1, T, 1, 1)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
-        return (model(x_t, t) - target).pow(2).mean()
+        return ((model(x_t, t) - target).pow(2) * learned).sum() / learned.sum()
 
     def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,24 +208,29 @@ class GaussianDiffusion:
     @torch.no_grad()
     def ddim_sample_frame_by_frame(self, model: Denoiser, noise: torch.Tensor, num_inference_steps: int = 25,
                                    eta: float = 0.0, generator: torch.Generator | None = None,
-                                   progress: bool = True) -> torch.Tensor:
+                                   progress: bool = True, clean_past: bool = False) -> torch.Tensor:
         """DDIM for a causal video model, one frame at a time: p(x^0) p(x^1 | x^0) ... p(x^k | x^<k).
 
-        Frame k runs its own DDIM from x_T = noise[:, :, k], the finished frames 0..k-1 beside it.
-        At each step t the model sees them as it saw every frame in training, q_sample(x^j, t, eps^j)
-        with their own starting noise eps^j, and frame k's prediction, which the causal attention
-        bases on frames 0..k only, updates frame k. Frames then agree with the finished ones before
-        them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the consensus
-        of frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
+        Frame k runs its own DDIM from x_T = noise[:, :, k], the finished frames 0..k-1 beside it,
+        and frame k's prediction, which the causal attention bases on frames 0..k only, updates it.
+        At each step t the model sees the finished frames as q_sample(x^j, s, eps^j), with their own
+        starting noise eps^j, at s = t, as it saw every frame of a clip in training, or with clean_past
+        at s = 0, as training_loss(clean_past=True) showed them. Frames then agree with the finished
+        ones before them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the
+        consensus of frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
         """
         finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
         for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
             previous_noise = noise[:, :, :k]
 
             def frame_k(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                """x_t (B, C, 1, H, W), frame k -> its prediction, frames 0..k-1 noised to step t."""
-                clip = torch.cat([self.q_sample(finished, t, previous_noise), x_t], dim=2)
-                return model(clip, t)[:, :, -1:]
+                """x_t (B, C, 1, H, W), frame k at step t (B,) -> its prediction, frames 0..k-1 beside it."""
+                past_steps = t[:, None].expand(-1, k)  # (B, k): the finished frames' step
+                if clean_past:
+                    past_steps = torch.zeros_like(past_steps)
+                steps = torch.cat([past_steps, t[:, None]], dim=1)  # (B, k + 1)
+                clip = torch.cat([self.q_sample(finished, past_steps, previous_noise), x_t], dim=2)
+                return model(clip, steps)[:, :, -1:]
 
             frame = self.ddim_sample(frame_k, noise[:, :, k:k + 1], num_inference_steps, eta, generator,
                                      progress=False)

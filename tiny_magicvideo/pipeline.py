@@ -128,9 +128,12 @@ class TextToVideo:
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
                                       latent_size), generator, self.device)
-        sample = (self.diffusion.ddim_sample_frame_by_frame if sampling == "frame_by_frame"
-                  else self.diffusion.ddim_sample)  # one frame (an image): the two are the same
-        latents = sample(denoiser, noise, steps, eta, generator, progress)
+        if sampling == "frame_by_frame":  # one frame (an image): the two samplers are the same
+            clean_past = self.config.diffusion.past_frames == "clean"
+            latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress,
+                                                                clean_past)
+        else:
+            latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
 

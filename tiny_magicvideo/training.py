@@ -138,6 +138,7 @@ RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num
 # settings inside a frozen section that only a later stage uses: free until that stage starts
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
                     "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
+                    "diffusion.past_frames": "video",
                     "vae.temporal_loss_weight": "videovae"}
 
 

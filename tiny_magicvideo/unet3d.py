@@ -1,7 +1,8 @@
 """The latent U-Net (LDM, used by MagicVideo section 3.2) in image mode and, inflated, in video mode.
 
-Input: noisy latents (B, C, T, H, W), the diffusion step t (B,), the text context (B, L, D) and, in
-video mode, the clips' frame rate fps (B,). Output: the predicted noise (or velocity), same shape.
+Input: noisy latents (B, C, T, H, W), the diffusion step t (B,) (or one per frame, (B, T)), the text
+context (B, L, D) and, in video mode, the clips' frame rate fps (B,). Output: the predicted noise (or
+velocity), same shape.
 
 Every 2D operation sees the frames folded into the batch, (B*T, C, H, W). In image mode that is
 all there is: each frame is an independent image, the text-to-image model MagicVideo trains first.
@@ -75,20 +76,27 @@ def frame_adaptor(channels: int, max_frames: int | None) -> FrameAdaptor | None:
 
 
 class ResBlock(ResBlock2d):
-    """The VAE's residual block with the step embedding added between its two convolutions, and in
-    video mode a frame-wise adaptor after each of its convolutions."""
+    """The VAE's residual block conditioned on the step embedding, and in video mode a frame-wise
+    adaptor after each of its convolutions.
+
+    The embedding scales and shifts each channel just after the second normalisation (ADM's
+    "scale-shift norm", Dhariwal & Nichol 2021): norm(h) * (1 + scale) + shift. Added before it, as
+    in the first DDPM, a per-channel constant is subtracted again by a GroupNorm with one channel per
+    group, which is what group_norm makes of 32 channels (32 groups): the block would never see the step.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, max_frames: int | None):
         super().__init__(in_channels, out_channels)
-        self.embedding_projection = nn.Linear(embedding_dim, out_channels)
+        self.embedding_projection = nn.Linear(embedding_dim, 2 * out_channels)  # scale and shift
         self.adaptor1 = frame_adaptor(out_channels, max_frames)
         self.adaptor2 = frame_adaptor(out_channels, max_frames)
         self.adaptor_skip = None if isinstance(self.skip, nn.Identity) else frame_adaptor(out_channels, max_frames)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor, num_frames: int) -> torch.Tensor:
         h = adapt(self.adaptor1, self.conv1(F.silu(self.norm1(x))), num_frames)
-        h = h + self.embedding_projection(F.silu(embedding))[:, :, None, None]  # (N, C) -> (N, C, 1, 1)
-        h = adapt(self.adaptor2, self.conv2(F.silu(self.norm2(h))), num_frames)
+        scale, shift = self.embedding_projection(F.silu(embedding))[:, :, None, None].chunk(2, dim=1)  # (N, C, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = adapt(self.adaptor2, self.conv2(F.silu(h)), num_frames)
         return adapt(self.adaptor_skip, self.skip(x), num_frames) + h
 
 
@@ -207,22 +215,26 @@ class UNet3D(nn.Module):
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None, fps: torch.Tensor | None = None) -> torch.Tensor:
-        """latents (B, C, T, H, W), t (B,), context (B, L, D), context_mask (B, L), fps (B,) in
-        video mode -> (B, C, T, H, W)."""
+        """latents (B, C, T, H, W), t (B,) or a step per frame (B, T), context (B, L, D), context_mask
+        (B, L), fps (B,) in video mode -> (B, C, T, H, W)."""
         batch, _, num_frames, height, width = latents.shape
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"latent size {height}x{width} is not divisible by {self.downsampling}, "
                              f"which {len(self.config.channel_mults)} U-Net levels need")
-        embedding = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, E)
+        if t.shape not in ((batch,), (batch, num_frames)):
+            raise ValueError(f"steps t of shape {tuple(t.shape)}: pass one per clip ({batch},) or one per "
+                             f"frame ({batch}, {num_frames})")
+        steps = t[:, None].expand(batch, num_frames) if t.ndim == 1 else t  # (B, T): a clip's frames share it
+        embedding = self.time_mlp(timestep_embedding(steps.flatten(), self.config.base_channels))  # (B*T, E)
         if self.is_video:
             if not 1 <= num_frames <= self.max_frames:
                 raise ValueError(f"{num_frames} frames: this video U-Net has frame adaptors for "
                                  f"1 to {self.max_frames} frames")
             if fps is None:
                 raise ValueError("a video U-Net needs the clips' frame rate: pass fps (B,)")
-            embedding = embedding + self.fps_mlp(timestep_embedding(fps, self.config.base_channels))
-        # every frame of a clip shares its clip's step, frame rate and text
-        embedding = embedding.repeat_interleave(num_frames, dim=0)  # (B, E) -> (B*T, E)
+            fps_embedding = self.fps_mlp(timestep_embedding(fps, self.config.base_channels))  # (B, E)
+            embedding = embedding + fps_embedding.repeat_interleave(num_frames, dim=0)  # -> (B*T, E)
+        # every frame of a clip shares its clip's frame rate and text
         context = context.repeat_interleave(num_frames, dim=0)  # (B, L, D) -> (B*T, L, D)
         if context_mask is not None:
             context_mask = context_mask.repeat_interleave(num_frames, dim=0)
