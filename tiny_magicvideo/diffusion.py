@@ -135,16 +135,17 @@ class GaussianDiffusion:
             torch.randint(0, self.num_train_timesteps, (batch - num_noisiest,), generator=generator, device=x0.device),
         ])
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
-        learned = torch.ones_like(x0)  # which elements the loss covers
         if clean_past:
             num_frames = x0.shape[2]
             num_clean = torch.randint(0, num_frames, (batch, 1), generator=generator, device=x0.device)  # k, (B, 1)
             noisy = torch.arange(num_frames, device=x0.device)[None] >= num_clean  # (B, T): frames k..T-1
             t = t[:, None] * noisy  # (B, T): step 0 for the clean past, the clip's t after it
-            learned = learned * noisy[:, None, :, None, None]  # (B, T) -> (B, 1, T, 1, 1)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
-        return ((model(x_t, t) - target).pow(2) * learned).sum() / learned.sum()
+        squared_error = (model(x_t, t) - target).pow(2)
+        if not clean_past:
+            return squared_error.mean()
+        return squared_error.mean(dim=(1, 3, 4))[noisy].mean()  # (B, T) per-frame means -> the noisy frames'
 
     def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
