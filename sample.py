@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame_by_frame: each frame after the finished ones; joint: all frames at "
                              "once, faster (default: the run's diffusion.video_sampling)")
+    parser.add_argument("--image_model_below", type=int, default=None,
+                        help="steps below this one are the image stage's model's, each frame on its own; "
+                             "0: the video model throughout (default: the run's diffusion.image_model_below)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decoder", choices=("video", "image"), default=None,
                         help="video: the VideoVAE's temporal decoder, image: the image VAE frame by "
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
         pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
-                          sampling=args.sampling, progress=True)
+                          sampling=args.sampling, image_model_below=args.image_model_below, progress=True)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     frames = result.frames[0]  # (T, H, W, 3)

@@ -20,8 +20,8 @@ from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_vide
                                   sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
-from tiny_magicvideo.pipeline import (TextToVideo, save_video, text_to_image_model, text_to_video_model,
-                                      tile_clips)
+from tiny_magicvideo.pipeline import (TextToVideo, load_image_model, save_video, text_to_image_model,
+                                      text_to_video_model, tile_clips)
 from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, load_weights,
                                       resolve_device, train_stage, write_text_atomically)
 from tiny_magicvideo.unet3d import set_trainable
@@ -169,6 +169,9 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     set_trainable(unet, trainable)
     text_encoder.requires_grad_(trainable == "all")
     diffusion = GaussianDiffusion(config.diffusion)
+    # for the samples' low steps (diffusion.image_model_below): a copy of the image stage's model, as the
+    # video stage trains the one it inflated
+    expert = load_image_model(run_dir, config, device)
 
     def batches(start_step: int):
         return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
@@ -186,7 +189,7 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
-        pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
+        pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config, expert)
         clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames
                                 for fps in frame_rates(config.data)])
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",

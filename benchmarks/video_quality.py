@@ -1,13 +1,13 @@
 """Measure the text-to-video model: do sampled clips show the colour, shape and motion of their prompt?
 
     python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
-        [--guidance_scale G] [--sampling frame_by_frame|joint] [--device cpu|auto|cuda|mps]
+        [--guidance_scale G] [--sampling frame_by_frame|joint] [--image_model_below S] [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
 Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
 (so the table is reproducible), with DDIM (`--steps`, frame by frame unless the run or `--sampling`
-says joint) and the run's guidance scale. The attribute
+says joint), the run's guidance scale, and the image model below the run's image_model_below. The attribute
 detector (metrics.py) reads each clip back; the tables give the share of clips whose detected colour,
 shape and direction match the prompt, and all three together, the share it could not read and why,
 how often the object's centre jumps more than JUMP_PIXELS between two frames (and between the
@@ -40,7 +40,7 @@ def reason_kind(reason: str) -> str:
 
 
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
-             scale: float, sampling: str, batch_size: int = 20) -> tuple[dict, dict]:
+             scale: float, sampling: str, image_model_below: int, batch_size: int = 20) -> tuple[dict, dict]:
     """(hits, speeds): hits[key] = [matches, clips]; speeds[fps] = detected px/frame of readable clips."""
     rates = frame_rates(pipeline.config.data)
     requests = [(combos[i % len(combos)], rates[i % len(rates)], i) for i in range(num_clips)]
@@ -52,7 +52,7 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                 continue
             prompts = [plain_caption(*combo) for combo, _, _ in chunk]
             clips = pipeline(prompts, num_inference_steps=steps, guidance_scale=scale, fps=fps,
-                             seed=chunk[0][2], sampling=sampling).frames
+                             seed=chunk[0][2], sampling=sampling, image_model_below=image_model_below).frames
             for ((colour, shape, motion), _, _), frames in zip(chunk, clips):
                 detection = detect(frames)
                 matches = {"colour": detection.colour == colour, "shape": detection.shape == shape,
@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame by frame or all frames at once (default: the run's diffusion.video_sampling)")
+    parser.add_argument("--image_model_below", type=int, default=None,
+                        help="steps below this one are the image model's (default: the run's "
+                             "diffusion.image_model_below; 0: the video model throughout)")
     parser.add_argument("--device", default="cpu", help="cpu (the default), auto, cuda or mps")
     args = parser.parse_args()
     try:
@@ -93,10 +96,12 @@ def main() -> None:
     config = pipeline.config
     scale = config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
     sampling = config.diffusion.video_sampling if args.sampling is None else args.sampling
+    below = config.diffusion.image_model_below if args.image_model_below is None else args.image_model_below
     decoder = "VideoVAE" if isinstance(pipeline.vae, VideoVAE) else "image VAE"
     print(f"{args.run}: {config.data.num_frames} frames of {config.data.image_size}x{config.data.image_size}, "
-          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}, decoded by the {decoder}, "
-          f"on {pipeline.device}")
+          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}, "
+          f"{f'the image model below step {below}' if below else 'the video model throughout'}, "
+          f"decoded by the {decoder}, on {pipeline.device}")
 
     # the trained combinations in a fixed shuffled order, so that fewer clips than combinations
     # still mix colours, shapes and motions
@@ -109,7 +114,7 @@ def main() -> None:
         if count <= 0:
             continue
         start = time.perf_counter()
-        results[name] = evaluate(pipeline, combos, count, args.steps, scale, sampling)
+        results[name] = evaluate(pipeline, combos, count, args.steps, scale, sampling, below)
         seconds = time.perf_counter() - start
         print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip)")
 

@@ -258,3 +258,31 @@ def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_at_the_step_
 
     framewise_video = d.ddim_sample_frame_by_frame(framewise_model, noise, 6, progress=False, clean_past=clean_past)
     assert torch.allclose(framewise_video, d.ddim_sample(framewise_model, noise, 6, progress=False), atol=1e-6)
+
+
+def test_frame_by_frame_sampling_hands_the_low_steps_to_the_image_model_frame_alone():
+    d = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    noise = torch.randn(2, 3, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    video_steps, image_calls = [], []
+
+    def video_model(x, t):
+        video_steps.append(int(t[0, -1]))  # the step of the frame being drawn
+        return 0.5 * x
+
+    def image_model(x, t):
+        image_calls.append((x.shape, int(t[0])))
+        return 0.25 * x
+
+    timesteps = d.ddim_timesteps(6).tolist()  # 999, 799, ..., 0
+    d.ddim_sample_frame_by_frame(video_model, noise, 6, progress=False, clean_past=True,
+                                 image_model=image_model, image_model_below=500)
+    assert video_steps == [s for s in timesteps if s >= 500] * 3  # each frame's noisiest steps
+    assert image_calls == [((2, 3, 1, 5, 5), s) for s in timesteps if s < 500] * 3  # frame k on its own
+    image_calls.clear()
+    d.ddim_sample_frame_by_frame(video_model, noise, 6, progress=False, image_model=image_model)
+    assert image_calls == []  # image_model_below 0: the video model throughout
+
+
+def test_image_model_below_must_be_a_step():
+    with pytest.raises(ValueError, match="image_model_below 1001 is not a step"):
+        GaussianDiffusion(DiffusionConfig(image_model_below=1001))

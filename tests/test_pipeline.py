@@ -50,6 +50,26 @@ def test_clean_past_frames_change_frame_by_frame_sampling_after_frame_0(smoke_ru
     assert not torch.allclose(clean[:, :, 1:], noised[:, :, 1:], atol=1e-4)
 
 
+def test_the_image_model_takes_the_low_steps_where_the_run_says(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    assert pipeline.config.diffusion.image_model_below == 0 and pipeline.image_model is not None
+
+    def sample(below, sampling="frame_by_frame"):
+        return pipeline("a red circle moving left", num_inference_steps=3, sampling=sampling,
+                        image_model_below=below).latents
+
+    assert torch.equal(sample(None), sample(0))  # the run's setting
+    for sampling in ("frame_by_frame", "joint"):  # of the 3 DDIM steps 999, 500 and 0, the last two
+        assert not torch.allclose(sample(0, sampling), sample(600, sampling), atol=1e-3)
+    # the image model throughout: no frame sees another, so the two sampling orders agree
+    assert torch.allclose(sample(1000), sample(1000, "joint"), atol=1e-5)
+    with pytest.raises(ValueError, match="image_model_below=1001 is not a step"):
+        sample(1001)
+    without = TextToVideo(pipeline.vae, pipeline.text_encoder, pipeline.unet, pipeline.config)
+    with pytest.raises(ValueError, match="image_model_below=600: this pipeline has no image model"):
+        without("a red circle", num_inference_steps=3, image_model_below=600)
+
+
 def test_frame_rate_changes_the_clip(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     slow, fast = (pipeline("a red circle moving left", num_inference_steps=3, fps=fps).latents for fps in (8.0, 4.0))

@@ -56,11 +56,15 @@ def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
 def test_video_stage_trains_for_clean_past_frames_and_keeps_the_choice(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
             "--train.image_steps", "2", "--train.video_steps", "2", "--train.videovae_steps", "0"]
-    run_dir = train.main(args + ["--diffusion.past_frames", "clean"])
-    assert checkpoint_step(run_dir / "unet.pt") == 2
+    # image_model_below: the sample GIFs take the image stage's model for the low steps
+    run_dir = train.main(args + ["--diffusion.past_frames", "clean", "--diffusion.image_model_below", "500"])
+    assert checkpoint_step(run_dir / "unet.pt") == 2 and (run_dir / "samples" / "video_000002.gif").is_file()
     assert load_run_config(run_dir).diffusion.past_frames == "clean"
     with pytest.raises(SystemExit, match="diffusion.past_frames 'clean' -> 'noised'"):
         train.main(args + ["--diffusion.past_frames", "noised"])
+    # a sampling setting: it may change after training
+    train.main(args + ["--diffusion.past_frames", "clean", "--diffusion.image_model_below", "0"])
+    assert load_run_config(run_dir).diffusion.image_model_below == 0
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):

@@ -117,6 +117,11 @@ class DiffusionConfig:
     # frame of a training clip is, or "clean": the video stage then trains with a random number of
     # leading frames clean (GaussianDiffusion.training_loss, clean_past)
     past_frames: Literal["noised", "clean"] = "noised"
+    # video sampling: steps below this one are denoised by the image stage's model, each frame on its
+    # own, the steps from it up by the video model (two experts, as in eDiff-I, Balaji et al. 2022; not
+    # in MagicVideo). A video stage trained on t >= train.video_t_min only has never learned the lower
+    # steps; by then the noisy frame already shows where the object is. 0: the video model throughout
+    image_model_below: int = 0
     # video: the share of each frame's noise that all frames of a clip have in common, in training and
     # sampling (GaussianDiffusion.noise; Ge et al. 2023, not in MagicVideo). 0: independent frames
     frame_noise_correlation: float = 0.0
@@ -196,8 +201,11 @@ SECTIONS = ("data", "vae", "text", "unet", "diffusion", "train")
 # latents unit spread but not zero mean (the dark background encodes to a constant), and the
 # scaled-linear schedule leaves sqrt(0.0047) of that mean at t = T, where sampling starts from pure
 # noise. The cosine schedule leaves none; it pairs with v-prediction. Guidance 2 did best.
+# The video model samples frame by frame beside clean finished frames, and as its stage trains on
+# t >= 700 only (train.video_t_min), the image stage's model takes the steps below 700.
 def latent_diffusion() -> DiffusionConfig:
-    return DiffusionConfig(schedule="cosine", prediction_type="v_prediction", guidance_scale=2.0)
+    return DiffusionConfig(schedule="cosine", prediction_type="v_prediction", guidance_scale=2.0,
+                           past_frames="clean", image_model_below=700)
 
 
 def smoke_preset() -> Config:
@@ -224,7 +232,7 @@ def cpu_preset() -> Config:
     # 1.5-2 px a frame at 8 fps (stride 1), 3-4 px a frame at 4 fps (stride 2)
     config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 2.0), frame_strides=(1, 2))
     # temporal_text: the motion words reach the temporal attention directly; video_trainable all:
-    # with the image weights frozen the object jumps about from frame to frame (README, text-to-video)
+    # with the image weights frozen the video model did worse on every measure (README, text-to-video)
     config.unet = UNetConfig(base_channels=32, temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()
     # video stage: only the noisiest steps (t >= 700) teach the direction word, and the new layers,
@@ -243,8 +251,8 @@ def gpu_preset() -> Config:
                              num_train_clips=200_000, num_workers=8)
     config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
     config.text = TextConfig(width=256, num_layers=4, num_heads=8)
-    # temporal_text, video_trainable and video_t_min as in the cpu preset, where they were measured;
-    # not yet on a GPU
+    # temporal_text, video_trainable, video_t_min, past_frames and image_model_below as in the cpu
+    # preset, where they were measured; not yet on a GPU
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8,
                              temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()

@@ -54,6 +54,9 @@ class GaussianDiffusion:
         if not 0.0 <= config.frame_noise_correlation < 1.0:
             raise ValueError(f"diffusion.frame_noise_correlation {config.frame_noise_correlation} is not "
                              f"a correlation this noise can have; use a value in [0, 1), 0 for independent frames")
+        if not 0 <= config.image_model_below <= config.num_train_timesteps:
+            raise ValueError(f"diffusion.image_model_below {config.image_model_below} is not a step; use 0 (the "
+                             f"video model throughout) to {config.num_train_timesteps} (the image model throughout)")
         self.config = config
         self.num_train_timesteps = config.num_train_timesteps
         self.prediction_type = config.prediction_type
@@ -209,7 +212,8 @@ class GaussianDiffusion:
     @torch.no_grad()
     def ddim_sample_frame_by_frame(self, model: Denoiser, noise: torch.Tensor, num_inference_steps: int = 25,
                                    eta: float = 0.0, generator: torch.Generator | None = None,
-                                   progress: bool = True, clean_past: bool = False) -> torch.Tensor:
+                                   progress: bool = True, clean_past: bool = False,
+                                   image_model: Denoiser | None = None, image_model_below: int = 0) -> torch.Tensor:
         """DDIM for a causal video model, one frame at a time: p(x^0) p(x^1 | x^0) ... p(x^k | x^<k).
 
         Frame k runs its own DDIM from x_T = noise[:, :, k], the finished frames 0..k-1 beside it,
@@ -219,6 +223,9 @@ class GaussianDiffusion:
         at s = 0, as training_loss(clean_past=True) showed them. Frames then agree with the finished
         ones before them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the
         consensus of frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
+
+        image_model (B, C, 1, H, W) -> prediction, with image_model_below: the steps below that one are
+        frame k's own, the image model's, without the finished frames (two experts; see DiffusionConfig).
         """
         finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
         for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
@@ -226,6 +233,8 @@ class GaussianDiffusion:
 
             def frame_k(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 """x_t (B, C, 1, H, W), frame k at step t (B,) -> its prediction, frames 0..k-1 beside it."""
+                if image_model is not None and int(t[0]) < image_model_below:
+                    return image_model(x_t, t)
                 past_steps = t[:, None].expand(-1, k)  # (B, k): the finished frames' step
                 if clean_past:
                     past_steps = torch.zeros_like(past_steps)

@@ -48,9 +48,21 @@ def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.Module
                           "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
 
 
+def load_image_model(run_dir: str | Path, config: Config, device: torch.device) -> nn.ModuleDict:
+    """The image stage's text encoder and U-Net (EMA weights, unet_image.pt), for evaluation."""
+    model = text_to_image_model(config)
+    load_weights(model, Path(run_dir) / WEIGHTS_FILES["image"])
+    return model.to(device).eval()
+
+
 class TextToVideo:
-    def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config):
+    """image_model: the image stage's text encoder and U-Net, to which a video model hands the steps
+    below diffusion.image_model_below (from_run loads it with the video model)."""
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config,
+                 image_model: nn.ModuleDict | None = None):
         self.vae, self.text_encoder, self.unet, self.config = vae, text_encoder, unet, config
+        self.image_model = image_model
         self.diffusion = GaussianDiffusion(config.diffusion)
 
     @classmethod
@@ -77,12 +89,13 @@ class TextToVideo:
             model = text_to_video_model(model, config)
         load_weights(model, run_dir / WEIGHTS_FILES[stage])
         model.to(target).eval()
+        image_model = load_image_model(run_dir, config, target) if stage == "video" else None
         if decoder is None:
             decoder = "video" if (run_dir / WEIGHTS_FILES["videovae"]).is_file() else "image"
         if decoder not in ("video", "image"):
             raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
         vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
-        return cls(vae, model["text_encoder"], model["unet"], config)
+        return cls(vae, model["text_encoder"], model["unet"], config, image_model)
 
     @property
     def device(self) -> torch.device:
@@ -92,10 +105,12 @@ class TextToVideo:
     def __call__(self, prompt: str | list[str], num_frames: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  fps: float | None = None, seed: int = 0, eta: float = 0.0,
-                 sampling: str | None = None, progress: bool = False) -> VideoOutput:
+                 sampling: str | None = None, image_model_below: int | None = None,
+                 progress: bool = False) -> VideoOutput:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
-        num_inference_steps, guidance_scale and video_sampling ("frame_by_frame" or "joint"), and
-        fps = data.fps (stride 1, the slowest motion)."""
+        num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint") and
+        image_model_below (steps below it are the image model's, 0: none), and fps = data.fps (stride 1,
+        the slowest motion)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         data = self.config.data
         if self.unet.is_video:
@@ -124,6 +139,21 @@ class TextToVideo:
         denoiser = classifier_free_guidance(
             self.unet, {"context": context, "context_mask": mask, **condition},
             {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
+        below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
+        if not 0 <= below <= self.diffusion.num_train_timesteps:
+            raise ValueError(f"image_model_below={below} is not a step: use 0 (the video model throughout) to "
+                             f"{self.diffusion.num_train_timesteps} (the image model throughout)")
+        below = below if self.unet.is_video else 0  # an image model is its own image model
+        if below > 0 and self.image_model is None:
+            raise ValueError(f"image_model_below={below}: this pipeline has no image model for the low steps; "
+                             f"load it with TextToVideo.from_run or pass image_model=load_image_model(run_dir, ...)")
+        image_denoiser = None
+        if below > 0:  # the image model's guided prediction for each frame on its own, from its own text encoder
+            image_context, image_mask = self.image_model["text_encoder"](prompts)
+            empty_image_context, empty_image_mask = self.image_model["text_encoder"]([""] * len(prompts))
+            image_denoiser = classifier_free_guidance(
+                self.image_model["unet"], {"context": image_context, "context_mask": image_mask},
+                {"context": empty_image_context, "context_mask": empty_image_mask}, scale)
         latent_size = data.image_size // self.config.vae.downsample_factor
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
@@ -131,8 +161,12 @@ class TextToVideo:
         if sampling == "frame_by_frame":  # one frame (an image): the two samplers are the same
             clean_past = self.config.diffusion.past_frames == "clean"
             latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress,
-                                                                clean_past)
+                                                                clean_past, image_denoiser, below)
         else:
+            video_denoiser = denoiser
+            if below > 0:  # a step for every frame of the clip (B,): one expert or the other
+                def denoiser(x_t, t):
+                    return (image_denoiser if int(t[0]) < below else video_denoiser)(x_t, t)
             latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         video = self.vae.decode_video(latents).clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
