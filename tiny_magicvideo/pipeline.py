@@ -134,11 +134,15 @@ class TextToVideo:
                              f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
-        context, mask = self.text_encoder(prompts)
-        empty_context, empty_mask = self.text_encoder([""] * len(prompts))
-        denoiser = classifier_free_guidance(
-            self.unet, {"context": context, "context_mask": mask, **condition},
-            {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
+
+        def guided(text_encoder: TextEncoder, unet: UNet3D, condition: dict):
+            """unet's prediction guided by the prompts, read by its own text encoder."""
+            context, mask = text_encoder(prompts)
+            empty_context, empty_mask = text_encoder([""] * len(prompts))
+            return classifier_free_guidance(unet, {"context": context, "context_mask": mask, **condition},
+                                            {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
+
+        denoiser = guided(self.text_encoder, self.unet, condition)
         below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
         if not 0 <= below <= self.diffusion.num_train_timesteps:
             raise ValueError(f"image_model_below={below} is not a step: use 0 (the video model throughout) to "
@@ -147,13 +151,8 @@ class TextToVideo:
         if below > 0 and self.image_model is None:
             raise ValueError(f"image_model_below={below}: this pipeline has no image model for the low steps; "
                              f"load it with TextToVideo.from_run or pass image_model=load_image_model(run_dir, ...)")
-        image_denoiser = None
-        if below > 0:  # the image model's guided prediction for each frame on its own, from its own text encoder
-            image_context, image_mask = self.image_model["text_encoder"](prompts)
-            empty_image_context, empty_image_mask = self.image_model["text_encoder"]([""] * len(prompts))
-            image_denoiser = classifier_free_guidance(
-                self.image_model["unet"], {"context": image_context, "context_mask": image_mask},
-                {"context": empty_image_context, "context_mask": empty_image_mask}, scale)
+        # the image model's prediction for the low steps: each frame on its own
+        image_denoiser = guided(self.image_model["text_encoder"], self.image_model["unet"], {}) if below > 0 else None
         latent_size = data.image_size // self.config.vae.downsample_factor
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
