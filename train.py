@@ -182,10 +182,12 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         with torch.no_grad():
             latents = vae.encode_video(video)  # (B, 4, T, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
+        steps = {"t_min": config.train.video_t_min, "t_min_share": config.train.video_t_min_share}
+        if config.train.video_twin_clips:
+            return diffusion.twin_training_loss(lambda x, t, **layout: unet(x, t, context, mask, fps=fps, **layout),
+                                                latents, generator, **steps), {}
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
-                                       t_min=config.train.video_t_min,
-                                       t_min_share=config.train.video_t_min_share,
-                                       clean_past=config.diffusion.past_frames == "clean"), {}
+                                       clean_past=config.diffusion.past_frames == "clean", **steps), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
@@ -261,6 +263,9 @@ def main(argv: list[str] | None = None) -> Path:
     run_dir = Path(config.runs_dir) / config.name
     try:
         check_data_config(config.data)
+        if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
+            raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
+                             f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
         device = resolve_device(config.device)
         config = continue_run(run_dir, config)
     except ValueError as error:

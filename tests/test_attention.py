@@ -58,7 +58,7 @@ def moved_off_initial_values(module: torch.nn.Module) -> torch.nn.Module:
 def test_temporal_attention_starts_at_zero():
     torch.manual_seed(0)
     temporal = TemporalAttention(16, 4, max_frames=6)
-    assert temporal(torch.randn(2 * 6, 16, 3, 3), num_frames=6).abs().max() == 0
+    assert temporal(torch.randn(2 * 6, 16, 3, 3), torch.arange(6)).abs().max() == 0
 
 
 def test_temporal_attention_weights_are_causal_and_masked_before_the_softmax():
@@ -74,7 +74,7 @@ def test_temporal_attention_weights_are_causal_and_masked_before_the_softmax():
 
     torch.Tensor.softmax = record
     try:
-        temporal(torch.randn(5, 16, 2, 2), num_frames=5)
+        temporal(torch.randn(5, 16, 2, 2), torch.arange(5))
     finally:
         torch.Tensor.softmax = original
     (w,) = weights  # (B*H*W, heads, T, T)
@@ -88,10 +88,10 @@ def test_temporal_attention_mixes_frames_only_forwards_and_only_within_a_clip():
     for fused in (True, False):
         temporal.attention.fused = fused
         x = torch.randn(2 * 4, 16, 3, 3)  # (B*T, C, H, W), batch 2 of 4 frames
-        out = temporal(x, num_frames=4).unflatten(0, (2, 4))  # (B, T, C, H, W)
+        out = temporal(x, torch.arange(4)).unflatten(0, (2, 4))  # (B, T, C, H, W)
         changed = x.clone().unflatten(0, (2, 4))
         changed[0, 2, :, 1, 1] += 1.0  # clip 0, frame 2, location (1, 1)
-        new = temporal(changed.flatten(0, 1), num_frames=4).unflatten(0, (2, 4))
+        new = temporal(changed.flatten(0, 1), torch.arange(4)).unflatten(0, (2, 4))
         difference = (new - out).abs().sum(2)  # (B, T, H, W)
         assert difference[1].max() == 0  # the other clip
         assert difference[0, :2].max() < 1e-6  # earlier frames

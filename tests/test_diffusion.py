@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import DiffusionConfig
-from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance, make_betas
+from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance, make_betas, twin_clip_layout
 
 
 def test_schedules_match_their_definitions():
@@ -207,6 +207,43 @@ def test_clean_past_shows_each_clips_leading_frames_clean_and_learns_the_rest_on
     leftover_noise = x_t[clean] - abar_0 ** 0.5 * x0[clean]
     assert abs(leftover_noise.std().item() / (1 - abar_0) ** 0.5 - 1) < 0.05
     assert 0.8 < loss.item() < 1.2  # the clean frames' absurd predictions are not in the loss
+
+
+def test_twin_clip_layout_lets_noisy_frame_k_see_the_clean_past_and_itself():
+    frame_index, mask = twin_clip_layout(4)
+    assert frame_index.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    for query in range(8):
+        for key in range(8):
+            if query < 4:  # clean frame i: clean frames 0..i
+                allowed = key <= query
+            else:  # noisy frame k: clean frames 0..k-1 and itself
+                allowed = key < query - 4 or key == query
+            assert mask[query, key] == allowed, (query, key)
+
+
+def test_twin_training_loss_shows_the_clean_clip_then_its_noisy_twin_a_step_per_frame():
+    d = GaussianDiffusion(DiffusionConfig())  # epsilon prediction: the target is the noise
+    x0 = torch.randn(256, 2, 6, 3, 3)  # (B, C, T, H, W)
+    seen = []
+
+    def model(x, t, frame_index, attention_mask):
+        """Predicts 0 (loss = eps^2, about 1) on the noisy twin and an absurd value on the clean clip."""
+        seen.append((x, t, frame_index, attention_mask))
+        return torch.cat([torch.full_like(x[:, :, :6], 1e6), torch.zeros_like(x[:, :, 6:])], dim=2)
+
+    loss = d.twin_training_loss(model, x0, torch.Generator().manual_seed(0), t_min=700)
+    ((x, t, frame_index, attention_mask),) = seen
+    assert x.shape == (256, 2, 12, 3, 3) and t.shape == (256, 12)
+    assert torch.equal(x[:, :, :6], x0) and (t[:, :6] == 0).all()  # the clean clip, exactly
+    assert t[:, 6:].min() >= 700 and len(t[0, 6:].unique()) > 1  # the twin: its own step per frame
+    expected_index, expected_mask = twin_clip_layout(6)
+    assert torch.equal(frame_index, expected_index) and torch.equal(attention_mask, expected_mask)
+    abar = d.at(d.alphas_cumprod, t[:, 6:], x0)  # (B, 1, T, 1, 1)
+    leftover_noise = (x[:, :, 6:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # = eps
+    assert abs(leftover_noise.std().item() - 1) < 0.05
+    assert 0.8 < loss.item() < 1.2  # the clean clip's absurd predictions are not in the loss
+    with pytest.raises(ValueError, match="t_min 1000 is outside 0..999"):
+        d.twin_training_loss(model, x0, t_min=1000)
 
 
 def test_frame_noise_correlation_shares_noise_across_a_clip_only():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import UNetConfig
+from tiny_magicvideo.diffusion import twin_clip_layout
 from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention
 from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
@@ -97,11 +98,11 @@ def video_trained_a_little(max_frames=4, config=TINY):
 def test_frame_adaptor_starts_as_the_identity_and_scales_each_frame_by_its_own_values():
     adaptor = FrameAdaptor(channels=3, max_frames=4)
     z = torch.randn(2 * 4, 3, 5, 5)  # (B*T, C, H, W)
-    assert torch.equal(adaptor(z, num_frames=4), z)
+    assert torch.equal(adaptor(z, torch.arange(4)), z)
     with torch.no_grad():
         adaptor.scale.copy_(torch.randn(4, 3))
         adaptor.shift.copy_(torch.randn(4, 3))
-    out = adaptor(z, num_frames=4).unflatten(0, (2, 4))
+    out = adaptor(z, torch.arange(4)).unflatten(0, (2, 4))
     clips = z.unflatten(0, (2, 4))
     for i in range(4):  # z_i = S_i * z_i + B_i, per channel
         expected = adaptor.scale[i][:, None, None] * clips[:, i] + adaptor.shift[i][:, None, None]
@@ -140,6 +141,26 @@ def test_changing_frame_k_leaves_the_whole_models_outputs_for_earlier_frames_unc
         new = video(changed, t, context, fps=FPS)
         assert torch.allclose(new[:, :, :k], out[:, :, :k], atol=1e-5), k  # the past ignores frame k
         assert (new[:, :, k:] - out[:, :, k:]).flatten(3).abs().amax(-1).min() > 1e-4, k  # the future sees it
+
+
+@pytest.mark.parametrize("config", **VARIANTS)
+def test_each_noisy_twin_frame_gets_exactly_what_frame_by_frame_sampling_gives_it(config):
+    """twin_clip_layout: the clean clip and its noisy twin in one pass; noisy frame k's output is the
+    model's output for frame k of the plain clip [clean 0..k-1, noisy k] (what the sampler builds)."""
+    video = video_trained_a_little(max_frames=4, config=config)
+    clean, noisy = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 4, 8, 8)
+    t, context = torch.tensor([[900, 30, 500, 999], [0, 700, 1, 250]]), torch.randn(2, 5, 8)
+    frame_index, mask = twin_clip_layout(4)
+    twin = video(torch.cat([clean, noisy], dim=2), torch.cat([torch.zeros_like(t), t], dim=1), context,
+                 fps=FPS, frame_index=frame_index, attention_mask=mask)
+    for k in range(4):
+        clip = torch.cat([clean[:, :, :k], noisy[:, :, k:k + 1]], dim=2)  # (B, C, k + 1, H, W)
+        steps = torch.cat([torch.zeros(2, k, dtype=torch.long), t[:, k:k + 1]], dim=1)
+        alone = video(clip, steps, context, fps=FPS)
+        assert torch.allclose(twin[:, :, 4 + k], alone[:, :, -1], atol=1e-5), k  # noisy frame k
+        assert torch.allclose(twin[:, :, :k], alone[:, :, :k], atol=1e-5), k  # the clean past
+    with pytest.raises(ValueError, match=r"frame_index \[0, 1, 2, 4\]: pass the position in its clip, 0 to 3"):
+        video(clean, t, context, fps=FPS, frame_index=torch.tensor([0, 1, 2, 4]))
 
 
 def test_a_step_per_frame_reaches_that_frame_and_the_later_ones_only():

@@ -20,7 +20,9 @@ causal mask applied to the logits before the softmax lets frame i attend to fram
     mask[i, j] = (j <= i),   logits[i, j] = -inf where mask[i, j] is False
 
 so the past shapes the future and never the other way round. Its output projection starts at zero,
-so a freshly added temporal attention changes nothing.
+so a freshly added temporal attention changes nothing. (A caller may lay the frames out otherwise,
+with each one's position in its clip and its own mask: diffusion.twin_clip_layout does, to train
+on a clean clip and its noisy twin in one sequence.)
 """
 
 from __future__ import annotations
@@ -161,20 +163,21 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B*T, C, H, W); with cross-attention, the text context (B*T, L, D) and mask (B*T, L),
-        one copy per frame as the spatial transformer gets them."""
+    def forward(self, x: torch.Tensor, frame_index: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B*T, C, H, W); frame_index (T,), each frame's position in its clip (0..T-1 for a plain
+        clip); with cross-attention, the text context (B*T, L, D) and mask (B*T, L), one copy per
+        frame as the spatial transformer gets them. attention_mask (T, T), True where frame i may
+        attend to frame j: by default causal_mask(T)."""
+        num_frames = len(frame_index)
         frames_in_batch, c, h, w = x.shape
         batch = frames_in_batch // num_frames
-        if num_frames > self.max_frames:
-            raise ValueError(f"{num_frames} frames, but the temporal attention has positions for "
-                             f"at most {self.max_frames}")
+        if attention_mask is None:
+            attention_mask = causal_mask(num_frames, x.device)
         # (B*T, C, H, W) -> (B, T, C, H*W) -> (B, H*W, T, C) -> (B*H*W, T, C)
         tokens = self.norm(x).reshape(batch, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
-        tokens = self.proj_in(tokens) + self.frame_position[:num_frames]
-        tokens = tokens + self.attention(self.norm1(tokens),
-                                         attention_mask=causal_mask(num_frames, x.device))
+        tokens = self.proj_in(tokens) + self.frame_position[frame_index]
+        tokens = tokens + self.attention(self.norm1(tokens), attention_mask=attention_mask)
         if self.cross_attention is not None:
             # one copy of the clip's text per spatial location: (B*T, L, D) -> (B, L, D) -> (B*H*W, L, D)
             context = context[::num_frames].repeat_interleave(h * w, dim=0)

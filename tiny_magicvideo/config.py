@@ -152,6 +152,10 @@ class TrainConfig:
     # ... for this share of each batch's clips; the rest draw t from 0..T-1, so that the new layers
     # also learn to leave the low-noise steps (the shapes' detail) alone
     video_t_min_share: float = 1.0
+    # video stage with diffusion.past_frames clean: each clip beside its noisy twin, so that every frame
+    # is trained on with its clean past at once (GaussianDiffusion.twin_training_loss; twice the frames
+    # a step), rather than one random number of clean leading frames per clip
+    video_twin_clips: bool = False
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 500
@@ -237,10 +241,12 @@ def cpu_preset() -> Config:
     config.diffusion = latent_diffusion()
     # video stage: only the noisiest steps (t >= 700) teach the direction word, and the new layers,
     # which start at zero, need a larger step than the image stage (the reused weights keep the
-    # default video_reused_learning_rate, 2e-4); 2000 steps (README)
-    # videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
+    # default video_reused_learning_rate, 2e-4); twin clips, 4 a step: 64 frames, as 8 plain clips;
+    # 2000 steps. Fewer steps in every stage (vae 1000, image 3500, video 1600) lost the shapes and the
+    # direction (README). videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
     config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_learning_rate=1e-3,
-                               video_t_min=700, video_steps=2000, videovae_steps=500)
+                               video_t_min=700, video_steps=2000, video_batch_size=4, video_twin_clips=True,
+                               videovae_steps=500)
     return config
 
 
@@ -251,14 +257,15 @@ def gpu_preset() -> Config:
                              num_train_clips=200_000, num_workers=8)
     config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
     config.text = TextConfig(width=256, num_layers=4, num_heads=8)
-    # temporal_text, video_trainable, video_t_min, past_frames and image_model_below as in the cpu
-    # preset, where they were measured; not yet on a GPU
+    # temporal_text, video_trainable, video_t_min, past_frames, twin clips and image_model_below as in
+    # the cpu preset, where they were measured; not yet on a GPU
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8,
                              temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()
     config.train = TrainConfig(
         batch_size=64, vae_steps=20_000, image_steps=60_000, video_steps=60_000, video_t_min=700,
-        videovae_steps=20_000, sample_every=5000, checkpoint_every=2000, mixed_precision=True,
+        video_batch_size=4, video_twin_clips=True, videovae_steps=20_000, sample_every=5000,
+        checkpoint_every=2000, mixed_precision=True,
     )
     return config
 

@@ -126,17 +126,8 @@ class GaussianDiffusion:
         p(frame k | clean frames 0..k-1), what frame-by-frame sampling with clean past frames asks of
         it (diffusion.past_frames clean; "teacher forcing"). k = 0 is the ordinary, all-noisy clip.
         """
-        if not 0 <= t_min < self.num_train_timesteps:
-            raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
-                             f"steps; use a value in that range (0 trains on every step)")
-        if not 0.0 <= t_min_share <= 1.0:
-            raise ValueError(f"t_min_share {t_min_share} is not a share of the batch; use a value in 0..1")
         batch = x0.shape[0]
-        num_noisiest = round(t_min_share * batch)
-        t = torch.cat([  # (batch,): the first num_noisiest from t_min..T-1, the others from 0..T-1
-            torch.randint(t_min, self.num_train_timesteps, (num_noisiest,), generator=generator, device=x0.device),
-            torch.randint(0, self.num_train_timesteps, (batch - num_noisiest,), generator=generator, device=x0.device),
-        ])
+        t = self.draw_steps((batch,), t_min, t_min_share, generator, x0.device)
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         if clean_past:
             num_frames = x0.shape[2]
@@ -149,6 +140,50 @@ class GaussianDiffusion:
         if not clean_past:
             return squared_error.mean()
         return squared_error.mean(dim=(1, 3, 4))[noisy].mean()  # (B, T) per-frame means -> the noisy frames'
+
+    def draw_steps(self, shape: tuple[int, ...], t_min: int, t_min_share: float,
+                   generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """Steps t of `shape` (batch, ...): the first round(t_min_share * batch) rows from t_min..T-1,
+        the others from 0..T-1."""
+        if not 0 <= t_min < self.num_train_timesteps:
+            raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
+                             f"steps; use a value in that range (0 trains on every step)")
+        if not 0.0 <= t_min_share <= 1.0:
+            raise ValueError(f"t_min_share {t_min_share} is not a share of the batch; use a value in 0..1")
+        num_noisiest = round(t_min_share * shape[0])
+        return torch.cat([
+            torch.randint(t_min, self.num_train_timesteps, (num_noisiest, *shape[1:]),
+                          generator=generator, device=device),
+            torch.randint(0, self.num_train_timesteps, (shape[0] - num_noisiest, *shape[1:]),
+                          generator=generator, device=device),
+        ])
+
+    def twin_training_loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor,
+                           generator: torch.Generator | None = None, t_min: int = 0,
+                           t_min_share: float = 1.0) -> torch.Tensor:
+        """Clean past frames, every frame of a clip at once: the loss of training_loss(clean_past=True)
+        for all T values of k in one pass (train.video_twin_clips).
+
+        The model sees each clip x0 (B, C, T, H, W) clean (step 0) followed by its noisy twin x_t, each
+        frame at its own step t_k, as one sequence of 2T frames laid out by twin_clip_layout: noisy
+        frame k sits at position k and attends to clean frames 0..k-1 and itself only. So it gets what
+        frame-by-frame sampling with clean past frames gives frame k (but for the step-0 noise the
+        sampler leaves on the finished frames, sqrt(1 - abar_0): 0.006 with the cosine schedule), and
+        the loss covers every noisy frame: T conditionals p(x^k | x^0..x^{k-1}) for the price of 2T
+        frames, where training_loss with clean_past gives one (frame k) and later frames that see
+        noisy ones, which sampling never asks for.
+        model(x, t, frame_index=, attention_mask=) -> prediction, e.g. a closure over UNet3D.
+        """
+        batch, _, num_frames = x0.shape[:3]
+        t = self.draw_steps((batch, num_frames), t_min, t_min_share, generator, x0.device)  # (B, T), a step per frame
+        noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
+        x_t = self.q_sample(x0, t, noise)
+        frame_index, attention_mask = twin_clip_layout(num_frames, x0.device)
+        twin = torch.cat([x0, x_t], dim=2)  # (B, C, 2T, H, W): the clean clip, then its noisy twin
+        steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
+        prediction = model(twin, steps, frame_index=frame_index, attention_mask=attention_mask)[:, :, num_frames:]
+        target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
+        return (prediction - target).pow(2).mean()
 
     def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +297,28 @@ class GaussianDiffusion:
             abar = self.at(self.alphas_cumprod, t, x)
             x = abar.sqrt() * x0_estimate + (1 - abar).sqrt() * eps
         return x
+
+
+def twin_clip_layout(num_frames: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frame_index (2T,), attention_mask (2T, 2T)) for a clean clip of T frames followed by its noisy twin.
+
+    Each frame sits at its position in the clip, 0..T-1 twice. Clean frame i attends to clean frames
+    0..i (causal, as in a plain clip); noisy frame k to clean frames 0..k-1 and to itself. For T = 3
+    (rows: the attending frame; 1: may attend):
+
+              c0 c1 c2 n0 n1 n2
+        c0     1  .  .  .  .  .
+        c1     1  1  .  .  .  .
+        c2     1  1  1  .  .  .
+        n0     .  .  .  1  .  .
+        n1     1  .  .  .  1  .
+        n2     1  1  .  .  .  1
+    """
+    causal = torch.ones(num_frames, num_frames, dtype=torch.bool, device=device).tril()  # attention.causal_mask
+    nothing = torch.zeros_like(causal)
+    mask = torch.cat([torch.cat([causal, nothing], dim=1),  # clean frames: the clean past and themselves
+                      torch.cat([causal.tril(-1), torch.eye(num_frames, dtype=torch.bool, device=device)], dim=1)])
+    return torch.arange(num_frames, device=device).repeat(2), mask
 
 
 def classifier_free_guidance(model: Callable[..., torch.Tensor], conditional: dict, unconditional: dict,

@@ -59,16 +59,17 @@ class FrameAdaptor(nn.Module):
         self.scale = nn.Parameter(torch.ones(max_frames, channels))  # S, (T_max, C)
         self.shift = nn.Parameter(torch.zeros(max_frames, channels))  # B, (T_max, C)
 
-    def forward(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        clips = z.unflatten(0, (-1, num_frames))  # (B*T, C, H, W) -> (B, T, C, H, W)
-        scale = self.scale[:num_frames, :, None, None]  # (T, C, 1, 1), broadcast over B, H, W
-        shift = self.shift[:num_frames, :, None, None]
+    def forward(self, z: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        """z (B*T, C, H, W); frame_index (T,), each frame's position in its clip."""
+        clips = z.unflatten(0, (-1, len(frame_index)))  # (B*T, C, H, W) -> (B, T, C, H, W)
+        scale = self.scale[frame_index, :, None, None]  # (T, C, 1, 1), broadcast over B, H, W
+        shift = self.shift[frame_index, :, None, None]
         return (scale * clips + shift).flatten(0, 1)
 
 
-def adapt(adaptor: nn.Module | None, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+def adapt(adaptor: nn.Module | None, z: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
     """Apply a frame-wise adaptor; in image mode there is none (None or nn.Identity): z passes."""
-    return adaptor(z, num_frames) if isinstance(adaptor, FrameAdaptor) else z
+    return adaptor(z, frame_index) if isinstance(adaptor, FrameAdaptor) else z
 
 
 def frame_adaptor(channels: int, max_frames: int | None) -> FrameAdaptor | None:
@@ -92,12 +93,12 @@ class ResBlock(ResBlock2d):
         self.adaptor2 = frame_adaptor(out_channels, max_frames)
         self.adaptor_skip = None if isinstance(self.skip, nn.Identity) else frame_adaptor(out_channels, max_frames)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor, num_frames: int) -> torch.Tensor:
-        h = adapt(self.adaptor1, self.conv1(F.silu(self.norm1(x))), num_frames)
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        h = adapt(self.adaptor1, self.conv1(F.silu(self.norm1(x))), frame_index)
         scale, shift = self.embedding_projection(F.silu(embedding))[:, :, None, None].chunk(2, dim=1)  # (N, C, 1, 1)
         h = self.norm2(h) * (1 + scale) + shift
-        h = adapt(self.adaptor2, self.conv2(F.silu(h)), num_frames)
-        return adapt(self.adaptor_skip, self.skip(x), num_frames) + h
+        h = adapt(self.adaptor2, self.conv2(F.silu(h)), frame_index)
+        return adapt(self.adaptor_skip, self.skip(x), frame_index) + h
 
 
 class Level(nn.Module):
@@ -214,9 +215,14 @@ class UNet3D(nn.Module):
         return 2 ** (len(self.config.channel_mults) - 1)
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None, fps: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, fps: torch.Tensor | None = None,
+                frame_index: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """latents (B, C, T, H, W), t (B,) or a step per frame (B, T), context (B, L, D), context_mask
-        (B, L), fps (B,) in video mode -> (B, C, T, H, W)."""
+        (B, L), fps (B,) in video mode -> (B, C, T, H, W).
+
+        A plain clip's frames sit at positions 0..T-1 and attend causally. Another layout passes each
+        frame's position in its clip, frame_index (T,), which picks its adaptor values and position
+        embedding, and the temporal attention's mask (T, T) (diffusion.twin_clip_layout)."""
         batch, _, num_frames, height, width = latents.shape
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"latent size {height}x{width} is not divisible by {self.downsampling}, "
@@ -227,11 +233,17 @@ class UNet3D(nn.Module):
         steps = t[:, None].expand(batch, num_frames) if t.ndim == 1 else t  # (B, T): a clip's frames share it
         embedding = self.time_mlp(timestep_embedding(steps.flatten(), self.config.base_channels))  # (B*T, E)
         if self.is_video:
-            if not 1 <= num_frames <= self.max_frames:
-                raise ValueError(f"{num_frames} frames: this video U-Net has frame adaptors for "
-                                 f"1 to {self.max_frames} frames")
             if fps is None:
                 raise ValueError("a video U-Net needs the clips' frame rate: pass fps (B,)")
+            if frame_index is None:
+                if not 1 <= num_frames <= self.max_frames:
+                    raise ValueError(f"{num_frames} frames: this video U-Net has frame adaptors for "
+                                     f"1 to {self.max_frames} frames")
+                frame_index = torch.arange(num_frames, device=latents.device)
+            elif (frame_index.shape != (num_frames,)
+                  or not 0 <= frame_index.min() <= frame_index.max() < self.max_frames):
+                raise ValueError(f"frame_index {frame_index.tolist()}: pass the position in its clip, 0 to "
+                                 f"{self.max_frames - 1}, of each of the {num_frames} frames")
             fps_embedding = self.fps_mlp(timestep_embedding(fps, self.config.base_channels))  # (B, E)
             embedding = embedding + fps_embedding.repeat_interleave(num_frames, dim=0)  # -> (B*T, E)
         # every frame of a clip shares its clip's frame rate and text
@@ -243,27 +255,27 @@ class UNet3D(nn.Module):
             for resblock, spatial, temporal in zip(level.resblocks, level.transformers, level.temporal):
                 if skips is not None:
                     h = torch.cat([h, skips.pop()], dim=1)
-                h = block_input = resblock(h, embedding, num_frames)
+                h = block_input = resblock(h, embedding, frame_index)
                 if isinstance(spatial, SpatialTransformer):
                     h = spatial(block_input, context, context_mask)
                 if isinstance(temporal, TemporalAttention):  # parallel to the spatial one, on the same input
-                    h = h + temporal(block_input, num_frames, context, context_mask)
+                    h = h + temporal(block_input, frame_index, context, context_mask, attention_mask)
                 if saved is not None:
                     saved.append(h)
             return h
 
         h = self.conv_in(latents.transpose(1, 2).flatten(0, 1))  # (B, C, T, H, W) -> (B*T, C, H, W)
-        h = adapt(self.adaptor_in, h, num_frames)
+        h = adapt(self.adaptor_in, h, frame_index)
         saved = [h]
         for level, downsample, adaptor in zip(self.down, self.downsample, self.downsample_adaptors):
             h = run(level, h, saved=saved)
             if not isinstance(downsample, nn.Identity):
-                h = adapt(adaptor, downsample(h), num_frames)
+                h = adapt(adaptor, downsample(h), frame_index)
                 saved.append(h)
         h = run(self.middle, h)
         for level, upsample, adaptor in zip(self.up, self.upsample, self.upsample_adaptors):
-            h = adapt(adaptor, upsample(run(level, h, skips=saved)), num_frames)
-        out = adapt(self.adaptor_out, self.conv_out(F.silu(self.norm_out(h))), num_frames)  # (B*T, C, H, W)
+            h = adapt(adaptor, upsample(run(level, h, skips=saved)), frame_index)
+        out = adapt(self.adaptor_out, self.conv_out(F.silu(self.norm_out(h))), frame_index)  # (B*T, C, H, W)
         return out.unflatten(0, (batch, num_frames)).transpose(1, 2)  # -> (B, C, T, H, W)
 
 
