@@ -65,9 +65,9 @@ def test_video_stage_trains_for_clean_past_frames_and_keeps_the_choice(tmp_path)
     # a sampling setting: it may change after training
     train.main(args + ["--diffusion.past_frames", "clean", "--diffusion.image_model_below", "0"])
     assert load_run_config(run_dir).diffusion.image_model_below == 0
-    # the train section may change: two more steps, each clip beside its noisy twin
-    train.main(args[:-5] + ["--train.video_steps", "4", "--train.videovae_steps", "0",
-                            "--diffusion.past_frames", "clean", "--train.video_twin_clips", "true"])
+    # the train section may change: two more steps (the later option wins), each clip beside its noisy twin
+    train.main(args + ["--train.video_steps", "4", "--diffusion.past_frames", "clean",
+                       "--train.video_twin_clips", "true"])
     assert checkpoint_step(run_dir / "unet.pt") == 4
     with pytest.raises(SystemExit, match="video_twin_clips trains on clean past frames, but diffusion.past_frames "
                                          "is 'noised'; add --diffusion.past_frames clean"):
