@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from .attention import causal_mask
 from .config import DiffusionConfig
 
 # model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps, or for
@@ -314,7 +315,7 @@ def twin_clip_layout(num_frames: int, device: torch.device | None = None) -> tup
         n1     1  .  .  .  1  .
         n2     1  1  .  .  .  1
     """
-    causal = torch.ones(num_frames, num_frames, dtype=torch.bool, device=device).tril()  # attention.causal_mask
+    causal = causal_mask(num_frames, device)  # (T, T): frame i sees frames 0..i
     nothing = torch.zeros_like(causal)
     mask = torch.cat([torch.cat([causal, nothing], dim=1),  # clean frames: the clean past and themselves
                       torch.cat([causal.tril(-1), torch.eye(num_frames, dtype=torch.bool, device=device)], dim=1)])
