@@ -22,7 +22,7 @@ from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import (TextToVideo, load_image_model, save_video, text_to_image_model,
                                       text_to_video_model, tile_clips)
-from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run, load_weights,
+from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run,
                                       resolve_device, train_stage, write_text_atomically)
 from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, load_vae, measure_scaling_factor
@@ -161,9 +161,7 @@ def finish_image(model, config: Config, run_dir: Path, device: torch.device) -> 
 
 def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
-    image_model = text_to_image_model(config)
-    load_weights(image_model, run_dir / WEIGHTS_FILES["image"])  # the image stage's EMA weights
-    model = text_to_video_model(image_model, config)
+    model = text_to_video_model(load_image_model(run_dir, config, device), config)  # the image stage's EMA weights
     text_encoder, unet = model["text_encoder"], model["unet"]
     trainable = config.unet.video_trainable
     set_trainable(unet, trainable)
