@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> Path:
                              "(default: the run's data.fps)")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the run's)")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
+    parser.add_argument("--unguided_below", type=int, default=None,
+                        help="no guidance below this step (default: the run's diffusion.unguided_below)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame_by_frame: each frame after the finished ones; joint: all frames at "
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> Path:
         pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
-                          sampling=args.sampling, image_model_below=args.image_model_below, progress=True)
+                          sampling=args.sampling, image_model_below=args.image_model_below,
+                          unguided_below=args.unguided_below, progress=True)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     frames = result.frames[0]  # (T, H, W, 3)

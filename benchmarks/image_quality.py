@@ -1,10 +1,11 @@
 """Measure the text-to-image model: do sampled images show the colour and shape of their prompt?
 
     python benchmarks/image_quality.py --run runs/cpu [--samples_per_prompt 5] [--steps 25]
+        [--guidance_scale G] [--unguided_below S]
 
 One prompt per colour x shape of the run's data config ("a red circle moving left", the motion
 word cycling), `samples_per_prompt` seeds each, DDIM with `--steps` steps and the run's guidance
-scale. The attribute detector (metrics.py) reads colour and shape from each image.
+scale, none below the run's unguided_below. The attribute detector (metrics.py) reads colour and shape from each image.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main() -> None:
     parser.add_argument("--samples_per_prompt", type=int, default=5)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
+    parser.add_argument("--unguided_below", type=int, default=None,
+                        help="no guidance below this step (default: the run's diffusion.unguided_below)")
     args = parser.parse_args()
     pipeline = TextToVideo.from_run(args.run, device="cpu", stage="image", decoder="image")  # the image model
     data = pipeline.config.data
@@ -31,11 +34,13 @@ def main() -> None:
     prompts = [plain_caption(colour, shape, data.motions[i % len(data.motions)])
                for i, (colour, shape) in enumerate(combos)]
     scale = pipeline.config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    unguided = pipeline.config.diffusion.unguided_below if args.unguided_below is None else args.unguided_below
 
     hits = defaultdict(lambda: [0, 0])  # key -> [matches, total]
     start = time.perf_counter()
     for seed in range(args.samples_per_prompt):
-        images = pipeline(prompts, num_inference_steps=args.steps, guidance_scale=scale, seed=seed).frames
+        images = pipeline(prompts, num_inference_steps=args.steps, guidance_scale=scale, seed=seed,
+                          unguided_below=unguided).frames
         for (colour, shape), image in zip(combos, images[:, 0]):
             detection = detect(image)
             for key, ok in (("colour", detection.colour == colour), ("shape", detection.shape == shape),
@@ -48,7 +53,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     total = hits["colour"][1]
     print(f"{args.run}: {total} images ({len(prompts)} prompts x {args.samples_per_prompt} seeds), "
-          f"DDIM {args.steps} steps, guidance scale {scale}, {seconds:.0f} s "
+          f"DDIM {args.steps} steps, guidance scale {scale}{f' from step {unguided} up' if unguided else ''}, "
+          f"{seconds:.0f} s "
           f"({seconds / total:.2f} s an image on the CPU)\n")
     print("| measure | images | share |\n|---|---|---|")
     for key, (matches, count) in hits.items():

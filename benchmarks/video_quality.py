@@ -1,13 +1,13 @@
 """Measure the text-to-video model: do sampled clips show the colour, shape and motion of their prompt?
 
     python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
-        [--guidance_scale G] [--sampling frame_by_frame|joint] [--image_model_below S] [--device cpu|auto|cuda|mps]
+        [--guidance_scale G] [--unguided_below S] [--sampling frame_by_frame|joint] [--image_model_below S] [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
 Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
 (so the table is reproducible), with DDIM (`--steps`, frame by frame unless the run or `--sampling`
-says joint), the run's guidance scale, and the image model below the run's image_model_below. The attribute
+says joint), the run's guidance scale (none below its unguided_below), and the image model below the run's image_model_below. The attribute
 detector (metrics.py) reads each clip back; the tables give the share of clips whose detected colour,
 shape and direction match the prompt, and all three together, the share it could not read and why,
 how often the object's centre jumps more than JUMP_PIXELS between two frames (and between the
@@ -40,7 +40,7 @@ def reason_kind(reason: str) -> str:
 
 
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
-             scale: float, sampling: str, image_model_below: int, batch_size: int = 20) -> tuple[dict, dict]:
+             scale: float, unguided_below: int, sampling: str, image_model_below: int, batch_size: int = 20) -> tuple[dict, dict]:
     """(hits, speeds): hits[key] = [matches, clips]; speeds[fps] = detected px/frame of readable clips."""
     rates = frame_rates(pipeline.config.data)
     requests = [(combos[i % len(combos)], rates[i % len(rates)], i) for i in range(num_clips)]
@@ -52,7 +52,8 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                 continue
             prompts = [plain_caption(*combo) for combo, _, _ in chunk]
             clips = pipeline(prompts, num_inference_steps=steps, guidance_scale=scale, fps=fps,
-                             seed=chunk[0][2], sampling=sampling, image_model_below=image_model_below).frames
+                             seed=chunk[0][2], sampling=sampling, image_model_below=image_model_below,
+                             unguided_below=unguided_below).frames
             for ((colour, shape, motion), _, _), frames in zip(chunk, clips):
                 detection = detect(frames)
                 matches = {"colour": detection.colour == colour, "shape": detection.shape == shape,
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--heldout_clips", type=int, default=60, help="clips of held-out combinations")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
+    parser.add_argument("--unguided_below", type=int, default=None,
+                        help="no guidance below this step (default: the run's diffusion.unguided_below)")
     parser.add_argument("--sampling", choices=("frame_by_frame", "joint"), default=None,
                         help="frame by frame or all frames at once (default: the run's diffusion.video_sampling)")
     parser.add_argument("--image_model_below", type=int, default=None,
@@ -95,11 +98,13 @@ def main() -> None:
         sys.exit(f"error: {error}")
     config = pipeline.config
     scale = config.diffusion.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    unguided = config.diffusion.unguided_below if args.unguided_below is None else args.unguided_below
     sampling = config.diffusion.video_sampling if args.sampling is None else args.sampling
     below = config.diffusion.image_model_below if args.image_model_below is None else args.image_model_below
     decoder = "VideoVAE" if isinstance(pipeline.vae, VideoVAE) else "image VAE"
     print(f"{args.run}: {config.data.num_frames} frames of {config.data.image_size}x{config.data.image_size}, "
-          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}, "
+          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}"
+          f"{f' from step {unguided} up' if unguided else ''}, "
           f"{f'the image model below step {below}' if below else 'the video model throughout'}, "
           f"decoded by the {decoder}, on {pipeline.device}")
 
@@ -114,7 +119,7 @@ def main() -> None:
         if count <= 0:
             continue
         start = time.perf_counter()
-        results[name] = evaluate(pipeline, combos, count, args.steps, scale, sampling, below)
+        results[name] = evaluate(pipeline, combos, count, args.steps, scale, unguided, sampling, below)
         seconds = time.perf_counter() - start
         print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip)")
 

@@ -125,6 +125,25 @@ def test_classifier_free_guidance_batches_both_conditions_and_mixes():
     assert out.item() == pytest.approx(0.5 + 3.0 * (2.0 - 0.5))
 
 
+def test_guidance_stops_below_unguided_below():
+    seen = []
+
+    def model(x, t, label):
+        seen.append(label.tolist())
+        return x * 0 + label[:, None]
+
+    guided = classifier_free_guidance(model, {"label": torch.tensor([2.0])}, {"label": torch.tensor([0.5])}, 3.0,
+                                      unguided_below=500)
+    low = guided(torch.zeros(1, 1), torch.tensor([499]))
+    assert seen == [[2.0]] and low.item() == 2.0  # the conditional model alone, one call
+    high = guided(torch.zeros(1, 1), torch.tensor([500]))
+    assert high.item() == pytest.approx(0.5 + 3.0 * (2.0 - 0.5))
+    # frame by frame, a clip's steps (B, k + 1) hold the clean past at 0: the current frame's step decides
+    assert guided(torch.zeros(1, 1), torch.tensor([[0, 0, 600]])).item() == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="unguided_below 1001 is not a step"):
+        GaussianDiffusion(DiffusionConfig(unguided_below=1001))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_a_tiny_denoiser_trained_here_learns_a_2d_distribution(prediction_type):

@@ -70,6 +70,21 @@ def test_the_image_model_takes_the_low_steps_where_the_run_says(smoke_run):
         without("a red circle", num_inference_steps=3, image_model_below=600)
 
 
+def test_unguided_below_changes_only_the_steps_below_it(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    assert pipeline.config.diffusion.unguided_below == 0
+
+    def sample(unguided_below, guidance_scale=3.0):
+        return pipeline("a red circle moving left", num_inference_steps=3, guidance_scale=guidance_scale,
+                        unguided_below=unguided_below).latents
+
+    assert torch.equal(sample(None), sample(0))  # the run's setting: guidance at every step
+    assert not torch.allclose(sample(0), sample(600), atol=1e-3)  # of the steps 999, 500 and 0, the last two
+    assert torch.equal(sample(1000), sample(0, guidance_scale=1.0))  # no guidance at all
+    with pytest.raises(ValueError, match="unguided_below=-1 is not a step"):
+        sample(-1)
+
+
 def test_frame_rate_changes_the_clip(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     slow, fast = (pipeline("a red circle moving left", num_inference_steps=3, fps=fps).latents for fps in (8.0, 4.0))

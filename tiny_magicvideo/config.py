@@ -109,6 +109,9 @@ class DiffusionConfig:
     text_drop_prob: float = 0.1  # classifier-free guidance: caption replaced by "" this often
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
+    # steps below this one are sampled without guidance, the conditional prediction alone (guidance in
+    # a limited interval, Kynkaenniemi et al. 2024); 0: guidance at every step
+    unguided_below: int = 0
     # video sampling: "frame_by_frame" finishes frame 0, then frame 1 beside it, and so on, as the
     # causal temporal attention reads a clip (GaussianDiffusion.ddim_sample_frame_by_frame);
     # "joint" denoises all frames together, T times cheaper
@@ -206,10 +209,11 @@ SECTIONS = ("data", "vae", "text", "unet", "diffusion", "train")
 # scaled-linear schedule leaves sqrt(0.0047) of that mean at t = T, where sampling starts from pure
 # noise. The cosine schedule leaves none; it pairs with v-prediction. Guidance 2 did best.
 # The video model samples frame by frame beside clean finished frames, and as its stage trains on
-# t >= 700 only (train.video_t_min), the image stage's model takes the steps below 700.
+# t >= 700 only (train.video_t_min), the image stage's model takes the steps below 700, unguided:
+# guided there, it pinched the squares' sides (README).
 def latent_diffusion() -> DiffusionConfig:
     return DiffusionConfig(schedule="cosine", prediction_type="v_prediction", guidance_scale=2.0,
-                           past_frames="clean", image_model_below=700)
+                           unguided_below=700, past_frames="clean", image_model_below=700)
 
 
 def smoke_preset() -> Config:

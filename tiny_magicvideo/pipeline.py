@@ -106,11 +106,11 @@ class TextToVideo:
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  fps: float | None = None, seed: int = 0, eta: float = 0.0,
                  sampling: str | None = None, image_model_below: int | None = None,
-                 progress: bool = False) -> VideoOutput:
+                 unguided_below: int | None = None, progress: bool = False) -> VideoOutput:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
-        num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint") and
-        image_model_below (steps below it are the image model's, 0: none), and fps = data.fps (stride 1,
-        the slowest motion)."""
+        num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint"),
+        image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
+        below it go without guidance, 0: none), and fps = data.fps (stride 1, the slowest motion)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         data = self.config.data
         if self.unet.is_video:
@@ -134,19 +134,22 @@ class TextToVideo:
                              f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        unguided = self.config.diffusion.unguided_below if unguided_below is None else unguided_below
+        for name, step in (("image_model_below", image_model_below), ("unguided_below", unguided)):
+            if step is not None and not 0 <= step <= self.diffusion.num_train_timesteps:
+                raise ValueError(f"{name}={step} is not a step: use 0 (none) to "
+                                 f"{self.diffusion.num_train_timesteps} (every step)")
 
         def guided(text_encoder: TextEncoder, unet: UNet3D, condition: dict):
             """unet's prediction guided by the prompts, read by its own text encoder."""
             context, mask = text_encoder(prompts)
             empty_context, empty_mask = text_encoder([""] * len(prompts))
             return classifier_free_guidance(unet, {"context": context, "context_mask": mask, **condition},
-                                            {"context": empty_context, "context_mask": empty_mask, **condition}, scale)
+                                            {"context": empty_context, "context_mask": empty_mask, **condition}, scale,
+                                            unguided)
 
         denoiser = guided(self.text_encoder, self.unet, condition)
         below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
-        if not 0 <= below <= self.diffusion.num_train_timesteps:
-            raise ValueError(f"image_model_below={below} is not a step: use 0 (the video model throughout) to "
-                             f"{self.diffusion.num_train_timesteps} (the image model throughout)")
         below = below if self.unet.is_video else 0  # an image model is its own image model
         if below > 0 and self.image_model is None:
             raise ValueError(f"image_model_below={below}: this pipeline has no image model for the low steps; "

@@ -134,7 +134,8 @@ STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet
                   "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
 # settings that never change what is trained (all but the first are only used when sampling)
 RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps",
-                  "diffusion.video_sampling", "diffusion.image_model_below")
+                  "diffusion.video_sampling", "diffusion.image_model_below",
+                  "diffusion.unguided_below")
 # settings inside a frozen section that only a later stage uses: free until that stage starts
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
                     "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
