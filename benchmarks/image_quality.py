@@ -5,7 +5,8 @@
 
 One prompt per colour x shape of the run's data config ("a red circle moving left", the motion
 word cycling), `samples_per_prompt` seeds each, DDIM with `--steps` steps and the run's guidance
-scale, none below the run's unguided_below. The attribute detector (metrics.py) reads colour and shape from each image.
+scale (none below the run's unguided_below). The attribute detector (metrics.py) reads colour and
+shape from each image.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ def main() -> None:
     total = hits["colour"][1]
     print(f"{args.run}: {total} images ({len(prompts)} prompts x {args.samples_per_prompt} seeds), "
           f"DDIM {args.steps} steps, guidance scale {scale}{f' from step {unguided} up' if unguided else ''}, "
-          f"{seconds:.0f} s "
-          f"({seconds / total:.2f} s an image on the CPU)\n")
+          f"{seconds:.0f} s ({seconds / total:.2f} s an image on the CPU)\n")
     print("| measure | images | share |\n|---|---|---|")
     for key, (matches, count) in hits.items():
         print(f"| {key} | {count} | {100 * matches / count:.1f}% |")

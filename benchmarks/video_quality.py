@@ -1,19 +1,21 @@
 """Measure the text-to-video model: do sampled clips show the colour, shape and motion of their prompt?
 
     python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
-        [--guidance_scale G] [--unguided_below S] [--sampling frame_by_frame|joint] [--image_model_below S] [--device cpu|auto|cuda|mps]
+        [--guidance_scale G] [--unguided_below S] [--sampling frame_by_frame|joint] [--image_model_below S]
+        [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
-the model trained on, `--heldout_clips` through the held-out combinations it never saw (data.held_out).
-Clip i is sampled at the run's frame rates in turn, in batches seeded by their first clip's index
-(so the table is reproducible), with DDIM (`--steps`, frame by frame unless the run or `--sampling`
-says joint), the run's guidance scale (none below its unguided_below), and the image model below the run's image_model_below. The attribute
-detector (metrics.py) reads each clip back; the tables give the share of clips whose detected colour,
-shape and direction match the prompt, and all three together, the share it could not read and why,
-how often the object's centre jumps more than JUMP_PIXELS between two frames (and between the
-first two), then the detected speed per frame rate (frame-rate conditioning at work). Clips are
-decoded as `sample.py` decodes them: by the run's VideoVAE where it has one. The same seeds draw
-different noise on a GPU than on the CPU, so a table from each is a separate sample of the model.
+the model trained on, `--heldout_clips` through the held-out combinations it never saw
+(data.held_out). Clip i is sampled at the run's frame rates in turn, in batches seeded by their
+first clip's index (so the table is reproducible), with DDIM (`--steps`, frame by frame unless the
+run or `--sampling` says joint), the run's guidance scale (none below its unguided_below), and the
+image model below the run's image_model_below. The attribute detector (metrics.py) reads each clip
+back; the tables give the share of clips whose detected colour, shape and direction match the
+prompt, and all three together, the share it could not read and why, how often the object's centre
+jumps more than JUMP_PIXELS between two frames (and between the first two), then the detected speed
+per frame rate (frame-rate conditioning at work). Clips are decoded as `sample.py` decodes them: by
+the run's VideoVAE where it has one. The same seeds draw different noise on a GPU than on the CPU,
+so a table from each is a separate sample of the model.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def reason_kind(reason: str) -> str:
 
 
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
-             scale: float, unguided_below: int, sampling: str, image_model_below: int, batch_size: int = 20) -> tuple[dict, dict]:
+             scale: float, unguided_below: int, sampling: str, image_model_below: int,
+             batch_size: int = 20) -> tuple[dict, dict]:
     """(hits, speeds): hits[key] = [matches, clips]; speeds[fps] = detected px/frame of readable clips."""
     rates = frame_rates(pipeline.config.data)
     requests = [(combos[i % len(combos)], rates[i % len(rates)], i) for i in range(num_clips)]
