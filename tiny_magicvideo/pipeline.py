@@ -135,9 +135,8 @@ class TextToVideo:
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
         unguided = self.config.diffusion.unguided_below if unguided_below is None else unguided_below
-        below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
-        for name, step in (("image_model_below", below), ("unguided_below", unguided)):
-            if not 0 <= step <= self.diffusion.num_train_timesteps:
+        for name, step in (("image_model_below", image_model_below), ("unguided_below", unguided)):
+            if step is not None and not 0 <= step <= self.diffusion.num_train_timesteps:
                 raise ValueError(f"{name}={step} is not a step: use 0 (none) to "
                                  f"{self.diffusion.num_train_timesteps} (every step)")
 
@@ -150,6 +149,7 @@ class TextToVideo:
                                             unguided)
 
         denoiser = guided(self.text_encoder, self.unet, condition)
+        below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
         below = below if self.unet.is_video else 0  # an image model is its own image model
         if below > 0 and self.image_model is None:
             raise ValueError(f"image_model_below={below}: this pipeline has no image model for the low steps; "
