@@ -183,7 +183,8 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         steps = {"t_min": config.train.video_t_min, "t_min_share": config.train.video_t_min_share}
         if config.train.video_twin_clips:
             return diffusion.twin_training_loss(lambda x, t, **layout: unet(x, t, context, mask, fps=fps, **layout),
-                                                latents, generator, **steps), {}
+                                                latents, generator, **steps,
+                                                frame1_weight=config.train.video_frame1_weight), {}
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
                                        clean_past=config.diffusion.past_frames == "clean", **steps), {}
 
@@ -264,6 +265,12 @@ def main(argv: list[str] | None = None) -> Path:
         if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
             raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
                              f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
+        if config.train.video_frame1_weight != 1.0 and not config.train.video_twin_clips:
+            raise ValueError(f"train.video_frame1_weight {config.train.video_frame1_weight} weighs the twin clips' "
+                             "frame 1; add --train.video_twin_clips true, or drop it")
+        if config.train.video_frame1_weight <= 0:
+            raise ValueError(f"train.video_frame1_weight {config.train.video_frame1_weight} must be positive; "
+                             "1 weighs every frame alike")
         device = resolve_device(config.device)
         config = continue_run(run_dir, config)
     except ValueError as error:

@@ -16,6 +16,12 @@ zero ignores the direction word, and its samples cannot follow it, however well 
 and shape (the empty caption's gap shows how much the rest of the text is used). The last table is
 the loss per frame with the true caption at the highest t: with causal temporal attention, frame 0
 sees only itself and frame k sees frames 0..k, so later frames should be easier.
+
+That layout (every frame noised) is not the one a model trained with clean past frames samples in
+(diffusion.past_frames clean). The second table uses that one: the clean clip beside its noisy twin
+(diffusion.twin_clip_layout), so noisy frame k sees clean frames 0..k-1, and gives the swap gap frame
+by frame. Once frames 0 and 1 are drawn, the clean past shows which way the object goes, so frame 1
+is where the direction word must decide: its gap is the one sampling depends on.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import time
 import torch
 
 from tiny_magicvideo.data import MOTIONS, frames_to_video, plain_caption, sample_clip
-from tiny_magicvideo.diffusion import GaussianDiffusion
+from tiny_magicvideo.diffusion import GaussianDiffusion, twin_clip_layout
 from tiny_magicvideo.pipeline import TextToVideo
 
 # each moving direction's opposite: the motion whose unit vector is its negation (static has none)
@@ -85,6 +91,25 @@ def main() -> None:
             per_frame = error["true"].mean(dim=(0, 1, 3, 4))  # (T,)
     print(f"\nloss per frame, true caption, t = {steps[0]}: "
           + " ".join(f"{value:.4f}" for value in per_frame.tolist()))
+    num_frames = latents.shape[2]
+    frame_index, attention_mask = twin_clip_layout(num_frames, device)
+    print(f"\nclean past frames (the twin layout): swap gap of noisy frame k, which sees clean frames 0..k-1\n")
+    print("| t | " + " | ".join(f"frame {k}" for k in range(num_frames)) + " |")
+    print("|---" * (num_frames + 1) + "|")
+    for t_value in steps:
+        generator = torch.Generator().manual_seed(t_value)
+        noise = diffusion.noise(latents.shape, generator).to(device)
+        t = torch.full((len(clips), num_frames), t_value, device=device)
+        x_t = diffusion.q_sample(latents, t, noise)
+        target = diffusion.velocity(latents, t, noise)
+        twin = torch.cat([latents, x_t], dim=2)  # (B, C, 2T, h, w): the clean clip, then its noisy twin
+        twin_steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
+        frame_loss = {name: (unet(twin, twin_steps, *contexts[name], fps=fps, frame_index=frame_index,
+                                  attention_mask=attention_mask)[:, :, num_frames:] - target
+                             ).pow(2).mean(dim=(0, 1, 3, 4))  # (T,)
+                      for name in ("true", "swapped")}
+        gaps = 100 * (frame_loss["swapped"] - frame_loss["true"]) / frame_loss["true"]
+        print(f"| {t_value} | " + " | ".join(f"{gap:+.1f}%" for gap in gaps.tolist()) + " |")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

@@ -265,6 +265,25 @@ def test_twin_training_loss_shows_the_clean_clip_then_its_noisy_twin_a_step_per_
         d.twin_training_loss(model, x0, t_min=1000)
 
 
+@pytest.mark.parametrize("frame1_weight", [1.0, 5.0])
+def test_frame1_weight_weighs_frame_1_against_the_other_frames(frame1_weight):
+    d = GaussianDiffusion(DiffusionConfig())  # epsilon prediction: the target is the noise
+    x0 = torch.randn(8, 2, 6, 3, 3)  # (B, C, T, H, W)
+
+    def model(x, t, frame_index, attention_mask):
+        """The exact noise of every noisy frame, but 1 too high on frame 1: only frame 1 has a loss, 1."""
+        abar = d.at(d.alphas_cumprod, t[:, 6:], x0)
+        eps = (x[:, :, 6:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # invert q_sample
+        eps[:, :, 1] += 1
+        return torch.cat([torch.zeros_like(x0), eps], dim=2)
+
+    loss = d.twin_training_loss(model, x0, torch.Generator().manual_seed(0), frame1_weight=frame1_weight)
+    # weighted mean of the frame losses (0, 1, 0, 0, 0, 0) with weights (1, w, 1, 1, 1, 1)
+    assert loss.item() == pytest.approx(frame1_weight / (5 + frame1_weight), rel=1e-3)
+    with pytest.raises(ValueError, match="frame1_weight 0 must be positive"):
+        d.twin_training_loss(model, x0, frame1_weight=0)
+
+
 def test_frame_noise_correlation_shares_noise_across_a_clip_only():
     independent = GaussianDiffusion(DiffusionConfig())
     mixed = GaussianDiffusion(DiffusionConfig(frame_noise_correlation=0.6))

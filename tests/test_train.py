@@ -67,8 +67,14 @@ def test_video_stage_trains_for_clean_past_frames_and_keeps_the_choice(tmp_path)
     assert load_run_config(run_dir).diffusion.image_model_below == 0
     # the train section may change: two more steps (the later option wins), each clip beside its noisy twin
     train.main(args + ["--train.video_steps", "4", "--diffusion.past_frames", "clean",
-                       "--train.video_twin_clips", "true"])
-    assert checkpoint_step(run_dir / "unet.pt") == 4
+                       "--train.video_twin_clips", "true", "--train.video_frame1_weight", "3"])
+    assert checkpoint_step(run_dir / "unet.pt") == 4 and load_run_config(run_dir).train.video_frame1_weight == 3
+    with pytest.raises(SystemExit, match="video_frame1_weight -1.0 must be positive"):
+        train.main(args + ["--diffusion.past_frames", "clean", "--train.video_twin_clips", "true",
+                           "--train.video_frame1_weight", "-1"])
+    with pytest.raises(SystemExit, match="video_frame1_weight 3.0 weighs the twin clips' frame 1; add "
+                                         "--train.video_twin_clips true"):
+        train.main(args + ["--name", "plain", "--train.video_frame1_weight", "3"])
     with pytest.raises(SystemExit, match="video_twin_clips trains on clean past frames, but diffusion.past_frames "
                                          "is 'noised'; add --diffusion.past_frames clean"):
         train.main(args + ["--name", "noised", "--train.video_twin_clips", "true"])

@@ -159,6 +159,9 @@ class TrainConfig:
     # is trained on with its clean past at once (GaussianDiffusion.twin_training_loss; twice the frames
     # a step), rather than one random number of clean leading frames per clip
     video_twin_clips: bool = False
+    # ... and frame 1's loss weighs this much, the other frames' 1: beside its clean past, frame k >= 2
+    # sees which way the object goes; frame 1 learns it from the direction word alone
+    video_frame1_weight: float = 1.0
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 500
@@ -246,11 +249,12 @@ def cpu_preset() -> Config:
     # video stage: only the noisiest steps (t >= 700) teach the direction word, and the new layers,
     # which start at zero, need a larger step than the image stage (the reused weights keep the
     # default video_reused_learning_rate, 2e-4); twin clips, 4 a step: 64 frames, as 8 plain clips;
-    # 2000 steps. Fewer steps in every stage (vae 1000, image 3500, video 1600) lost the shapes and the
-    # direction (README). videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
+    # frame 1, where the direction word decides, weighs 4 frames (README); 2000 steps. Fewer steps in
+    # every stage (vae 1000, image 3500, video 1600) lost the shapes and the direction (README).
+    # videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
     config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_learning_rate=1e-3,
                                video_t_min=700, video_steps=2000, video_batch_size=4, video_twin_clips=True,
-                               videovae_steps=500)
+                               video_frame1_weight=4.0, videovae_steps=500)
     return config
 
 
@@ -261,15 +265,15 @@ def gpu_preset() -> Config:
                              num_train_clips=200_000, num_workers=8)
     config.vae = VAEConfig(base_channels=64, num_res_blocks=2)
     config.text = TextConfig(width=256, num_layers=4, num_heads=8)
-    # temporal_text, video_trainable, video_t_min, past_frames, twin clips and image_model_below as in
-    # the cpu preset, where they were measured; not yet on a GPU
+    # temporal_text, video_trainable, video_t_min, past_frames, twin clips (frame 1 weighing 4) and
+    # image_model_below as in the cpu preset, where they were measured; not yet on a GPU
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8,
                              temporal_text=True, video_trainable="all")
     config.diffusion = latent_diffusion()
     config.train = TrainConfig(
         batch_size=64, vae_steps=20_000, image_steps=60_000, video_steps=60_000, video_t_min=700,
-        video_batch_size=4, video_twin_clips=True, videovae_steps=20_000, sample_every=5000,
-        checkpoint_every=2000, mixed_precision=True,
+        video_batch_size=4, video_twin_clips=True, video_frame1_weight=4.0, videovae_steps=20_000,
+        sample_every=5000, checkpoint_every=2000, mixed_precision=True,
     )
     return config
 

@@ -165,7 +165,7 @@ class GaussianDiffusion:
 
     def twin_training_loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor,
                            generator: torch.Generator | None = None, t_min: int = 0,
-                           t_min_share: float = 1.0) -> torch.Tensor:
+                           t_min_share: float = 1.0, frame1_weight: float = 1.0) -> torch.Tensor:
         """Clean past frames, every frame of a clip at once: the loss of training_loss(clean_past=True)
         for all T values of k in one pass (train.video_twin_clips).
 
@@ -178,7 +178,13 @@ class GaussianDiffusion:
         frames, where training_loss with clean_past gives one (frame k) and later frames that see
         noisy ones, which sampling never asks for.
         model(x, t, frame_index=, attention_mask=) -> prediction, e.g. a closure over UNet3D.
+
+        frame1_weight weighs frame 1's loss against the others' (1 each): the loss is the weighted mean
+        of the frames' losses. Beside clean frames 0..k-1 that already move, frame k >= 2 can read the
+        direction off its past; frame 1, beside a still frame 0, only from the text (README).
         """
+        if frame1_weight <= 0:
+            raise ValueError(f"frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
         batch, _, num_frames = x0.shape[:3]
         t = self.draw_steps((batch, num_frames), t_min, t_min_share, generator, x0.device)  # (B, T), a step per frame
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
@@ -188,7 +194,10 @@ class GaussianDiffusion:
         steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
         prediction = model(twin, steps, frame_index=frame_index, attention_mask=attention_mask)[:, :, num_frames:]
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
-        return (prediction - target).pow(2).mean()
+        frame_loss = (prediction - target).pow(2).mean(dim=(0, 1, 3, 4))  # (T,): each frame's loss
+        weights = torch.ones_like(frame_loss)
+        weights[1:2] = frame1_weight  # (a 1-frame clip has no frame 1)
+        return (weights * frame_loss).sum() / weights.sum()
 
     def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
