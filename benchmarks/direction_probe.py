@@ -13,9 +13,9 @@ three captions for each clip:
 A model that has learned what the direction words mean predicts the object on the wrong path when
 they are swapped, so its loss rises: the "swap gap" (swapped - true) / true. A model whose gap is
 zero ignores the direction word, and its samples cannot follow it, however well it draws colour
-and shape (the empty caption's gap shows how much the rest of the text is used). The last table is
-the loss per frame with the true caption at the highest t: with causal temporal attention, frame 0
-sees only itself and frame k sees frames 0..k, so later frames should be easier.
+and shape (the empty caption's gap shows how much the rest of the text is used). The line after the
+table is the loss per frame with the true caption at the highest t: with causal temporal attention,
+frame 0 sees only itself and frame k sees frames 0..k, so later frames should be easier.
 
 That layout (every frame noised) is not the one a model trained with clean past frames samples in
 (diffusion.past_frames clean). The second table uses that one: the clean clip beside its noisy twin
@@ -93,7 +93,7 @@ def main() -> None:
           + " ".join(f"{value:.4f}" for value in per_frame.tolist()))
     num_frames = latents.shape[2]
     frame_index, attention_mask = twin_clip_layout(num_frames, device)
-    print(f"\nclean past frames (the twin layout): swap gap of noisy frame k, which sees clean frames 0..k-1\n")
+    print("\nclean past frames (the twin layout): swap gap of noisy frame k, which sees clean frames 0..k-1\n")
     print("| t | " + " | ".join(f"frame {k}" for k in range(num_frames)) + " |")
     print("|---" * (num_frames + 1) + "|")
     for t_value in steps:
