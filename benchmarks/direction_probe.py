@@ -74,7 +74,10 @@ def main() -> None:
     contexts = {name: text_encoder(texts) for name, texts in captions.items()}
     steps = [int(value) for value in args.t.split(",")]
     print(f"{args.run}: {len(clips)} validation clips, v-prediction loss by caption\n")
+    num_frames = latents.shape[2]
+    frame_index, attention_mask = twin_clip_layout(num_frames, device)
     print("| t | true | direction swapped | swap gap | empty | empty gap |\n|---|---|---|---|---|---|")
+    clean_past_rows = []
     for t_value in steps:
         generator = torch.Generator().manual_seed(t_value)
         noise = diffusion.noise(latents.shape, generator).to(device)  # as in training
@@ -89,27 +92,22 @@ def main() -> None:
               f"{100 * (loss['empty'] - loss['true']) / loss['true']:+.2f}% |")
         if t_value == steps[0]:
             per_frame = error["true"].mean(dim=(0, 1, 3, 4))  # (T,)
-    print(f"\nloss per frame, true caption, t = {steps[0]}: "
-          + " ".join(f"{value:.4f}" for value in per_frame.tolist()))
-    num_frames = latents.shape[2]
-    frame_index, attention_mask = twin_clip_layout(num_frames, device)
-    print("\nclean past frames (the twin layout): swap gap of noisy frame k, which sees clean frames 0..k-1\n")
-    print("| t | " + " | ".join(f"frame {k}" for k in range(num_frames)) + " |")
-    print("|---" * (num_frames + 1) + "|")
-    for t_value in steps:
-        generator = torch.Generator().manual_seed(t_value)
-        noise = diffusion.noise(latents.shape, generator).to(device)
-        t = torch.full((len(clips), num_frames), t_value, device=device)
-        x_t = diffusion.q_sample(latents, t, noise)
-        target = diffusion.velocity(latents, t, noise)
+        # the same noisy frames, each beside the clean frames before it
         twin = torch.cat([latents, x_t], dim=2)  # (B, C, 2T, h, w): the clean clip, then its noisy twin
-        twin_steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
+        frame_steps = t[:, None].expand(-1, num_frames)  # (B, T)
+        twin_steps = torch.cat([torch.zeros_like(frame_steps), frame_steps], dim=1)  # (B, 2T): step 0, then t
         frame_loss = {name: (unet(twin, twin_steps, *contexts[name], fps=fps, frame_index=frame_index,
                                   attention_mask=attention_mask)[:, :, num_frames:] - target
                              ).pow(2).mean(dim=(0, 1, 3, 4))  # (T,)
                       for name in ("true", "swapped")}
         gaps = 100 * (frame_loss["swapped"] - frame_loss["true"]) / frame_loss["true"]
-        print(f"| {t_value} | " + " | ".join(f"{gap:+.1f}%" for gap in gaps.tolist()) + " |")
+        clean_past_rows.append(f"| {t_value} | " + " | ".join(f"{gap:+.1f}%" for gap in gaps.tolist()) + " |")
+    print(f"\nloss per frame, true caption, t = {steps[0]}: "
+          + " ".join(f"{value:.4f}" for value in per_frame.tolist()))
+    print("\nclean past frames (the twin layout): swap gap of noisy frame k, which sees clean frames 0..k-1\n")
+    print("| t | " + " | ".join(f"frame {k}" for k in range(num_frames)) + " |")
+    print("|---" * (num_frames + 1) + "|")
+    print("\n".join(clean_past_rows))
     print(f"({time.perf_counter() - start:.0f} s)")
 
 
