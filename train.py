@@ -265,12 +265,13 @@ def main(argv: list[str] | None = None) -> Path:
         if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
             raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
                              f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
-        if config.train.video_frame1_weight != 1.0 and not config.train.video_twin_clips:
-            raise ValueError(f"train.video_frame1_weight {config.train.video_frame1_weight} weighs the twin clips' "
-                             "frame 1; add --train.video_twin_clips true, or drop it")
-        if config.train.video_frame1_weight <= 0:
-            raise ValueError(f"train.video_frame1_weight {config.train.video_frame1_weight} must be positive; "
-                             "1 weighs every frame alike")
+        # checked here, not at the video stage's first step, an hour in
+        frame1_weight = config.train.video_frame1_weight
+        if frame1_weight != 1.0 and not config.train.video_twin_clips:
+            raise ValueError(f"train.video_frame1_weight {frame1_weight} weighs the twin clips' frame 1; "
+                             "add --train.video_twin_clips true, or drop it")
+        if frame1_weight <= 0:
+            raise ValueError(f"train.video_frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
         device = resolve_device(config.device)
         config = continue_run(run_dir, config)
     except ValueError as error:
