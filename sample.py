@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from tiny_magicvideo.config import get_preset
@@ -47,19 +48,32 @@ def main(argv: list[str] | None = None) -> Path:
     if out.suffix.lower() not in (".gif", ".mp4"):
         parser.error(f"--out {args.out!r}: use a file name ending in .gif or .mp4")
     try:
+        check_writable(out)  # before sampling, not after it
         pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
                           sampling=args.sampling, image_model_below=args.image_model_below,
                           unguided_below=args.unguided_below, progress=True)
-    except (FileNotFoundError, ValueError) as error:
+        frames = result.frames[0]  # (T, H, W, 3)
+        fps = pipeline.config.data.fps if args.fps is None else args.fps
+        save_video(frames, out, fps=fps)
+        strip = save_strip(frames, out.with_suffix(".png"))
+    except (OSError, ValueError) as error:  # FileNotFoundError is an OSError
         sys.exit(f"error: {error}")
-    frames = result.frames[0]  # (T, H, W, 3)
-    fps = pipeline.config.data.fps if args.fps is None else args.fps
-    save_video(frames, out, fps=fps)
-    strip = save_strip(frames, out.with_suffix(".png"))
     print(f"{out} ({len(frames)} frames at {fps:g} fps) and {strip}")
     return out
+
+
+def check_writable(out: Path) -> None:
+    """Make --out's folder and try a file in it: a ValueError that names the path if either fails."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'clip.gif'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write --out {out} ({error.strerror}); choose a folder you can write to") from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Train tiny-magicvideo: python train.py [--preset P] [--stage S] [--section.key value ...]
 
 Runs, in order, every stage that runs/<name>/ does not yet hold finished, resuming an interrupted
-one from its last checkpoint: vae -> image -> video -> videovae (see DESIGN.md, "Stages").
-`--stage S` runs one.
+one from its last checkpoint: vae -> image -> video -> videovae. `--stage S` runs one. An existing
+run takes its settings from its own config.json, so `python train.py --name NAME` continues it; one
+train.py at a time holds a run (runs/<name>/lock).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import (TextToVideo, load_image_model, save_video, text_to_image_model,
                                       text_to_video_model, tile_clips)
-from tiny_magicvideo.training import (WEIGHTS_FILES, Stage, checkpoint_step, continue_run,
-                                      resolve_device, train_stage, write_text_atomically)
+from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock, check_built_on,
+                                  checkpoint_step, continue_run, dependent_stages, existing_run_config,
+                                  inputs_of, read_record, remove_stages, stale_stages, train_command,
+                                  write_text_atomically)
+from tiny_magicvideo.training import (Stage, TrainingDiverged, read_log, resolve_device, stage_seed, train_stage,
+                                      write_log)
 from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, load_vae, measure_scaling_factor
-
-STAGE_ORDER = ("vae", "image", "video", "videovae")
 
 
 def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
@@ -63,16 +66,22 @@ def vae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         clips = video_to_frames(torch.cat([preview, reconstructed]))  # (2B, T, H, W, 3)
         save_video(tile_clips(clips, columns=len(preview)), run_dir / "samples" / f"vae_{step:06d}.gif")
 
-    return Stage("vae", vae, loss, batches, config.train.vae_steps, config.train.vae_learning_rate,
-                 write_samples)
+    def finish(ema_vae: AutoencoderKL) -> None:
+        """Measure the scaling factor and store it in config.json (before vae.pt, the stage's last
+        file: a kill in between leaves the stage unfinished, and a resume measures it again)."""
+        train_frames = fixed_clips(config, "train", 64).to(device).transpose(1, 2).flatten(0, 1)
+        generator = torch.Generator(device).manual_seed(stage_seed(config.seed, "vae"))
+        config.vae.scaling_factor = measure_scaling_factor(ema_vae, train_frames, generator)
+        write_text_atomically(run_dir / "config.json", config.to_json())
+        report_vae(ema_vae, config, run_dir, device)
+
+    return Stage("vae", vae, loss, batches, config.train.vae_steps,
+                 {"train.vae_learning_rate": config.train.vae_learning_rate}, write_samples=write_samples,
+                 finish=finish)
 
 
-def finish_vae(vae: AutoencoderKL, config: Config, run_dir: Path, device: torch.device) -> None:
-    """Measure the scaling factor, store it in config.json, draw the reconstruction grid."""
-    train_frames = fixed_clips(config, "train", 64).to(device).transpose(1, 2).flatten(0, 1)
-    config.vae.scaling_factor = measure_scaling_factor(vae, train_frames)
-    write_text_atomically(run_dir / "config.json", config.to_json())
-
+def report_vae(vae: AutoencoderKL, config: Config, run_dir: Path, device: torch.device) -> None:
+    """Print the reconstruction PSNR and draw the reconstruction grid."""
     val_frames = fixed_clips(config, "val", 64).to(device)[:, :, 0]  # first frame of each: (64, 3, H, W)
     with torch.no_grad():
         reconstructed = vae.decode(vae.encode(val_frames).mean).clamp(-1, 1)
@@ -134,8 +143,12 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         images = pipeline(list(SAMPLE_PROMPTS), seed=0).frames[:, 0]  # (N, H, W, 3)
         draw_image_grid(images, SAMPLE_PROMPTS, run_dir / "samples" / f"image_{step:06d}.png")
 
-    return Stage("image", model, loss, batches, config.train.image_steps, config.train.learning_rate,
-                 write_samples)
+    def finish(ema_model: torch.nn.ModuleDict) -> None:
+        print(f"stage image: samples in {run_dir / 'samples'}; measure with "
+              f"python benchmarks/image_quality.py --run {run_dir}")
+
+    return Stage("image", model, loss, batches, config.train.image_steps,
+                 {"train.learning_rate": config.train.learning_rate}, write_samples=write_samples, finish=finish)
 
 
 def draw_image_grid(images: np.ndarray, titles, path: Path, columns: int = 4) -> None:
@@ -148,11 +161,6 @@ def draw_image_grid(images: np.ndarray, titles, path: Path, columns: int = 4) ->
         axis.set_title(title, fontsize=7)
         axis.axis("off")
     figure.savefig(path, dpi=100)
-
-
-def finish_image(model, config: Config, run_dir: Path, device: torch.device) -> None:
-    print(f"stage image: samples in {run_dir / 'samples'}; measure with "
-          f"python benchmarks/image_quality.py --run {run_dir}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,17 +204,19 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 
+    def finish(ema_model: torch.nn.ModuleDict) -> None:
+        print(f"stage video: samples in {run_dir / 'samples'}; measure with "
+              f"python benchmarks/video_quality.py --run {run_dir}; sample with "
+              f"python sample.py --run {run_dir} --prompt \"a red circle moving left\"")
+
     # with video_trainable all, the reused image weights and text encoder take their own rate
     new_layers = {f"unet.{name}" for name in unet.video_parameter_names()}
-    return Stage("video", model, loss, batches, config.train.video_steps, config.train.video_learning_rate,
-                 write_samples, learning_rates=lambda name: (config.train.video_learning_rate if name in new_layers
-                                                             else config.train.video_reused_learning_rate))
-
-
-def finish_video(model, config: Config, run_dir: Path, device: torch.device) -> None:
-    print(f"stage video: samples in {run_dir / 'samples'}; measure with "
-          f"python benchmarks/video_quality.py --run {run_dir}; sample with "
-          f"python sample.py --run {run_dir} --prompt \"a red circle moving left\"")
+    return Stage("video", model, loss, batches, config.train.video_steps,
+                 {"train.video_learning_rate": config.train.video_learning_rate,
+                  "train.video_reused_learning_rate": config.train.video_reused_learning_rate},
+                 rate_option=lambda name: ("train.video_learning_rate" if name in new_layers
+                                           else "train.video_reused_learning_rate"),
+                 write_samples=write_samples, finish=finish)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,17 +243,16 @@ def videovae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage
         save_video(tile_clips(video_to_frames(clips), columns=len(preview)),
                    run_dir / "samples" / f"videovae_{step:06d}.gif", fps=config.data.fps)
 
+    def finish(ema_vae: VideoVAE) -> None:
+        clips = fixed_clips(config, "val", 32).to(device)
+        by_frame, by_clip = image_vae.reconstruct_video(clips), ema_vae.reconstruct_video(clips)
+        print(f"stage videovae: on 32 validation clips, flicker {flicker(by_frame, clips):.5f} (image decoder) "
+              f"-> {flicker(by_clip, clips):.5f} (VideoVAE), PSNR {psnr(by_frame, clips):.2f} -> "
+              f"{psnr(by_clip, clips):.2f} dB; measure with python benchmarks/videovae_quality.py --run {run_dir}")
+
     return Stage("videovae", video_vae, loss, batches, config.train.videovae_steps,
-                 config.train.vae_learning_rate, write_samples)
-
-
-def finish_videovae(video_vae: VideoVAE, config: Config, run_dir: Path, device: torch.device) -> None:
-    clips = fixed_clips(config, "val", 32).to(device)
-    with torch.no_grad():
-        by_frame, by_clip = load_vae(run_dir, device).reconstruct_video(clips), video_vae.reconstruct_video(clips)
-    print(f"stage videovae: on 32 validation clips, flicker {flicker(by_frame, clips):.5f} (image decoder) "
-          f"-> {flicker(by_clip, clips):.5f} (VideoVAE), PSNR {psnr(by_frame, clips):.2f} -> "
-          f"{psnr(by_clip, clips):.2f} dB; measure with python benchmarks/videovae_quality.py --run {run_dir}")
+                 {"train.vae_learning_rate": config.train.vae_learning_rate}, write_samples=write_samples,
+                 finish=finish)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,46 +263,83 @@ def stage_steps(config: Config, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    def add_stage(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--stage", choices=STAGE_ORDER, default=None,
-                            help="run only this stage (default: every unfinished stage, in order)")
-
-    config, args = parse_config(argv, description=__doc__.splitlines()[0], extra_arguments=add_stage)
-    run_dir = Path(config.runs_dir) / config.name
+    """Train the run's unfinished stages; a bad option, file or state ends it with one line."""
     try:
+        config, args = parse_config(argv, description=__doc__.splitlines()[0], extra_arguments=add_arguments,
+                                    existing_run=existing_run_config)
         check_data_config(config.data)
-        if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
-            raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
-                             f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
-        # checked here, not at the video stage's first step, an hour in
-        frame1_weight = config.train.video_frame1_weight
-        if frame1_weight != 1.0 and not config.train.video_twin_clips:
-            raise ValueError(f"train.video_frame1_weight {frame1_weight} weighs the twin clips' frame 1; "
-                             "add --train.video_twin_clips true, or drop it")
-        if frame1_weight <= 0:
-            raise ValueError(f"train.video_frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
+        check_video_options(config)
         device = resolve_device(config.device)
-        config = continue_run(run_dir, config)
-    except ValueError as error:
+        run_dir = Path(config.runs_dir) / config.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir):
+            train_run(config, args, run_dir, device)
+    except (ValueError, OSError, RunInUse, TrainingDiverged) as error:
         sys.exit(f"error: {error}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", choices=STAGE_ORDER, default=None,
+                        help="run only this stage (default: every unfinished stage, in order)")
+    parser.add_argument("--retrain", type=stage_list, default=(), metavar="STAGE,...",
+                        help="delete these stages' weights and checkpoints, and those of every stage built "
+                             "on them, and train them anew")
+
+
+def stage_list(text: str) -> tuple[str, ...]:
+    stages = tuple(text.split(",")) if text else ()
+    unknown = [stage for stage in stages if stage not in STAGE_ORDER]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_ORDER)}")
+    return stages
+
+
+def check_video_options(config: Config) -> None:
+    """The video stage's options that only make sense together: checked here, not an hour in."""
+    if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
+        raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
+                         f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
+    frame1_weight = config.train.video_frame1_weight
+    if frame1_weight != 1.0 and not config.train.video_twin_clips:
+        raise ValueError(f"train.video_frame1_weight {frame1_weight} weighs the twin clips' frame 1; "
+                         "add --train.video_twin_clips true, or drop it")
+    if frame1_weight <= 0:
+        raise ValueError(f"train.video_frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
+
+
+def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: torch.device) -> None:
+    """Inside the run's lock: every unfinished stage (or --stage), each seeded on its own."""
+    config = continue_run(run_dir, config)
+    if args.retrain:
+        retrained = dependent_stages(args.retrain)
+        removed = remove_stages(run_dir, retrained)
+        write_log(run_dir, [row for row in read_log(run_dir) if row["stage"] not in retrained])
+        print(f"retraining {', '.join(retrained)}: removed {', '.join(removed) or 'no files (not started)'}")
     write_text_atomically(run_dir / "config.json", config.to_json())
-    torch.manual_seed(config.seed)  # the models' initial weights
     print(f"run {run_dir} (preset {config.preset}, device {device}): {config.data.num_frames} frames "
           f"of {config.data.image_size}x{config.data.image_size}")
     show_training_data(config, run_dir)
 
-    stages = {"vae": (vae_stage, finish_vae), "image": (image_stage, finish_image),
-              "video": (video_stage, finish_video), "videovae": (videovae_stage, finish_videovae)}
+    stages = {"vae": vae_stage, "image": image_stage, "video": video_stage, "videovae": videovae_stage}
     for name in [args.stage] if args.stage else STAGE_ORDER:
-        weights = run_dir / WEIGHTS_FILES[name]
-        if checkpoint_step(weights) >= stage_steps(config, name):
-            print(f"stage {name}: finished ({weights}); raise --train.{name}_steps to train on")
+        weights, steps = run_dir / WEIGHTS_FILES[name], stage_steps(config, name)
+        if steps == 0:
+            print(f"stage {name}: skipped (train.{name}_steps 0)")
             continue
-        make_stage, finish = stages[name]
-        model = train_stage(make_stage(config, run_dir, device), config, run_dir, device)
-        finish(model, config, run_dir, device)
-    return run_dir
+        if weights.is_file():  # trained on since? built on weights that have changed since?
+            check_built_on(run_dir, name, weights, read_record(weights)["built_on"])
+        if checkpoint_step(weights) >= steps:
+            print(f"stage {name}: finished ({weights}, step {checkpoint_step(weights)}); raise "
+                  f"--train.{name}_steps to train on")
+            continue
+        inputs_of(run_dir, name)  # every stage it is built on is finished, or a clear error
+        torch.manual_seed(stage_seed(config.seed, name))  # its initial weights, whatever ran before
+        train_stage(stages[name](config, run_dir, device), config, run_dir, device)
+    stale = stale_stages(run_dir)
+    if stale:  # e.g. after --stage vae --train.vae_steps N continued the VAE that later stages use
+        print(f"note: {', '.join(stale)} were built on weights that have changed since; retrain them with "
+              f"{train_command(run_dir, '--retrain', ','.join(stale))}")
 
 
 def show_training_data(config: Config, run_dir: Path) -> None:
@@ -303,4 +349,7 @@ def show_training_data(config: Config, run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; run the same command again to resume from the last checkpoint")

@@ -1,10 +1,12 @@
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import train
 from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip
-from tiny_magicvideo.training import load_run_config
+from tiny_magicvideo.runs import load_run_config
 from tiny_magicvideo.vae import VideoVAE
 
 
@@ -97,8 +99,16 @@ def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
         pipeline("a red circle", num_inference_steps=0)
     with pytest.raises(ValueError, match="num_frames=8: this model makes clips of 1 to 4 frames"):
         pipeline("a red circle", num_frames=8)
-    with pytest.raises(ValueError, match="fps=0: the frame rate must be positive; this run trained on 8, 4"):
-        pipeline("a red circle", fps=0)
+    for fps in (0, -1, float("inf"), float("nan"), 1e308):
+        with pytest.raises(ValueError, match=re.escape(f"fps={fps}: the frame rate must be positive and at most "
+                                                       "1000; this run trained on 8, 4")):
+            pipeline("a red circle", fps=fps)
+    for scale in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=f"guidance_scale={scale}: use a finite number >= 0"):
+            pipeline("a red circle", guidance_scale=scale)
+    for eta in (float("nan"), 2.0):
+        with pytest.raises(ValueError, match=f"eta={eta}: use a number from 0"):
+            pipeline("a red circle", eta=eta)
     with pytest.raises(ValueError, match="sampling='backwards': use 'frame_by_frame' .* or 'joint'"):
         pipeline("a red circle", sampling="backwards")
     with pytest.raises(FileNotFoundError, match="no config.json"):
@@ -107,6 +117,14 @@ def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
         TextToVideo.from_run(smoke_run, stage="audio")
     with pytest.raises(ValueError, match="decoder must be 'video' .* or 'image'"):
         TextToVideo.from_run(smoke_run, decoder="audio")
+
+
+def test_a_clip_with_non_finite_values_is_an_error_not_black_frames(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    with torch.no_grad():
+        pipeline.unet.conv_out.bias.fill_(float("inf"))  # weights that passed the load check, then broke
+    with pytest.raises(ValueError, match="the sampled clip holds non-finite values"):
+        pipeline("a red circle", num_inference_steps=2)
 
 
 def test_the_video_vae_decodes_where_the_run_has_one(smoke_run):

@@ -25,6 +25,10 @@ def test_sample_writes_the_clip_and_a_strip_of_its_frames(smoke_run, tmp_path):
     (["--num_inference_steps", "0"], "num_inference_steps must be between 1 and 1000, got 0"),
     (["--num_frames", "9"], "num_frames=9: this model makes clips of 1 to 4 frames"),
     (["--fps", "-1"], "fps=-1.0: the frame rate must be positive"),
+    (["--fps", "inf"], "fps=inf: the frame rate must be positive and at most 1000"),
+    (["--fps", "1e308"], r"fps=1e\+308: the frame rate must be positive and at most 1000"),
+    (["--guidance_scale", "nan"], "guidance_scale=nan: use a finite number >= 0"),
+    (["--eta", "nan"], "eta=nan: use a number from 0"),
 ])
 def test_bad_requests_exit_with_a_clear_error(smoke_run, tmp_path, options, message):
     with pytest.raises(SystemExit, match=message):
@@ -38,3 +42,18 @@ def test_missing_run_and_bad_file_names_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.main(["--run", str(tmp_path), "--prompt", "a red circle", "--out", "clip.avi"])
     assert "use a file name ending in .gif or .mp4" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_is_refused_before_sampling(smoke_run, tmp_path, monkeypatch):
+    from tiny_magicvideo.pipeline import TextToVideo
+
+    def sample_anyway(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(TextToVideo, "__call__", sample_anyway)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="cannot write --out .*a_file/clip.gif .*choose a folder you can write to"):
+        sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--out", str(tmp_path / "a_file" / "clip.gif")])
+    (tmp_path / "folder.gif").mkdir()
+    with pytest.raises(SystemExit, match="folder.gif is a folder"):
+        sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--out", str(tmp_path / "folder.gif")])

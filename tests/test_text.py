@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -20,13 +22,15 @@ def test_unknown_words_warn_once_and_long_prompts_are_cut_with_a_warning():
     with pytest.warns(UserWarning, match="unknown word 'purple'"):
         ids, _ = tokenizer(["a purple circle"])
     assert ids[0, 2] == UNKNOWN
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tokenizer(["purple"])  # the same unknown word again: no second warning
     with pytest.warns(UserWarning, match="only the first 4 are used"):
         ids, mask = tokenizer(["a red circle moving to the left"])
     assert mask.all()
+    with pytest.warns(UserWarning) as caught:  # a pasted essay is named by its start, not printed whole
+        tokenizer(["a red circle " * 100])
+    assert "'a red circle a red circle a red circle a...' has 300 words" in str(caught[0].message)
 
 
 def test_text_encoder_output_shapes_and_padding_independence():

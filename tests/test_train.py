@@ -1,10 +1,19 @@
 """train.py end to end on the smoke preset."""
 
-import pytest
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
+import torch
+
+import sample
 import train
 from tiny_magicvideo.pipeline import load_video
-from tiny_magicvideo.training import checkpoint_step, load_run_config
+from tiny_magicvideo.runs import WEIGHTS_FILES, checkpoint_step, load_checkpoint, load_run_config
 
 
 def test_main_job_trains_every_stage_and_skips_finished_ones(tmp_path, capsys):
@@ -94,8 +103,6 @@ def test_unknown_stage_is_an_error(tmp_path, capsys):
 def test_video_stage_all_trains_reused_weights_at_their_own_rate(tmp_path):
     """With video_trainable all, video_reused_learning_rate 0 keeps every image weight as the image
     stage left it, while the new layers train at video_learning_rate."""
-    import torch
-
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.video_steps", "3",
             "--unet.video_trainable", "all", "--train.video_reused_learning_rate", "0"]
     run_dir = train.main(args + ["--stage", "vae"])
@@ -106,3 +113,239 @@ def test_video_stage_all_trains_reused_weights_at_their_own_rate(tmp_path):
     assert all(torch.equal(video[name], weight) for name, weight in image.items()), "an image weight moved"
     temporal_out = [name for name in video if "temporal" in name and name.endswith("proj_out.weight")]
     assert temporal_out and any(video[name].abs().sum() > 0 for name in temporal_out), "new layers did not train"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability: exact resume across stages, kills at any file, one run per lock, one-line errors.
+
+# every stage, 6 steps, a checkpoint every 3: a whole run in seconds
+SHORT = ["--preset", "smoke", "--train.vae_steps", "6", "--train.image_steps", "6", "--train.video_steps", "6",
+         "--train.videovae_steps", "6", "--train.checkpoint_every", "3", "--train.log_every", "3",
+         "--train.sample_every", "6"]
+
+
+def assert_same_files(run_dir, reference_dir):
+    """All four weights files bit for bit (model, EMA, what they were built on), and the same config."""
+    for file in WEIGHTS_FILES.values():
+        ours, theirs = load_checkpoint(run_dir / file, ()), load_checkpoint(reference_dir / file, ())
+        for part in ("model", "ema"):
+            assert ours[part].keys() == theirs[part].keys()
+            for name, tensor in ours[part].items():
+                assert torch.equal(tensor, theirs[part][name]), f"{file} {part} {name}"
+        assert ours["fingerprint"] == theirs["fingerprint"] and ours["built_on"] == theirs["built_on"], file
+    ours, theirs = load_run_config(run_dir).to_dict(), load_run_config(reference_dir).to_dict()
+    assert ours | {"runs_dir": ""} == theirs | {"runs_dir": ""}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return train.main(SHORT + ["--runs_dir", str(tmp_path_factory.mktemp("reference")), "--name", "run"])
+
+
+def kill_at(monkeypatch, file_name, when="before", count=1):
+    """Make the `count`-th commit (rename) of `file_name` raise KeyboardInterrupt, as a kill would,
+    just before or just after it happens."""
+    real_replace, commits = os.replace, []
+
+    def replace(source, destination):
+        if os.path.basename(destination) == file_name:
+            commits.append(destination)
+        killed_here = len(commits) == count and os.path.basename(destination) == file_name
+        if killed_here and when == "before":
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+        if killed_here:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_name, when, count", [
+    ("vae.pt", "before", 1),  # the scaling factor is in config.json, vae.pt not yet written
+    ("config.json", "before", 2),  # the VAE trained, its scaling factor not yet stored
+    ("vae.pt", "after", 1),  # between two stages
+    ("state_image.pt", "before", 2),  # inside a stage, at its last checkpoint
+    ("unet_image.pt", "before", 1),  # the image stage trained, its weights file not yet written
+])
+def test_a_kill_at_any_file_then_a_plain_run_ends_bit_for_bit_like_an_uninterrupted_one(
+        tmp_path, monkeypatch, uninterrupted, file_name, when, count):
+    kill_at(monkeypatch, file_name, when, count)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(SHORT + ["--runs_dir", str(tmp_path), "--name", "run"])
+    monkeypatch.undo()
+    assert not list(tmp_path.glob("run/*.tmp"))
+    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run"])  # no preset: the run's own settings
+    assert_same_files(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_stage_by_stage_with_a_kill_inside_a_stage_ends_bit_for_bit_like_one_run(tmp_path, monkeypatch,
+                                                                                  uninterrupted):
+    args = SHORT + ["--runs_dir", str(tmp_path), "--name", "run"]
+    train.main(args + ["--stage", "vae"])
+    train.main(args + ["--stage", "image"])
+    real_video_stage, losses = train.video_stage, []
+
+    def video_stage_killed_at_step_5(*stage_args):
+        stage = real_video_stage(*stage_args)
+        loss = stage.loss
+
+        def killed(batch, generator):
+            losses.append(batch)
+            if len(losses) == 5:
+                raise KeyboardInterrupt
+            return loss(batch, generator)
+
+        stage.loss = killed
+        return stage
+
+    monkeypatch.setattr(train, "video_stage", video_stage_killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    monkeypatch.undo()
+    assert checkpoint_step(tmp_path / "run" / "state_video.pt") == 3
+    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "videovae"])
+    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run"])
+    assert_same_files(run_dir, uninterrupted)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="kills the holder with SIGKILL")
+def test_a_second_process_is_refused_while_the_first_holds_the_run_and_takes_over_once_it_is_killed(tmp_path):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"]
+    first = subprocess.Popen([sys.executable, "train.py", *args, "--train.vae_steps", "100000",
+                              "--train.checkpoint_every", "100000"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        lock = tmp_path / "run" / "lock"
+        for _ in range(600):  # until it holds the lock (importing torch takes a few seconds)
+            if lock.is_file() and lock.read_text():
+                break
+            time.sleep(0.1)
+        with pytest.raises(SystemExit, match=f"run .* is in use by process {first.pid} on "):
+            train.main(args + ["--train.vae_steps", "2"])
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert f"process {first.pid}" in lock.read_text()  # a kill releases nothing by itself
+    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    assert checkpoint_step(run_dir / "vae.pt") == 2 and lock.read_text() == ""
+
+
+def test_an_existing_run_takes_its_settings_from_its_config_json(tmp_path, capsys):
+    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
+                "--stage", "vae"])
+    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"])  # no preset, no steps
+    assert "stage vae: finished" in capsys.readouterr().out
+    assert load_run_config(tmp_path / "run").preset == "smoke"
+    with pytest.raises(SystemExit, match="made with preset 'smoke', not 'cpu': drop --preset"):
+        train.main(["--preset", "cpu", "--runs_dir", str(tmp_path), "--name", "run"])
+
+
+def test_weights_without_config_json_and_an_empty_config_json_are_refused(tmp_path):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"]
+    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    (run_dir / "config.json").unlink()
+    with pytest.raises(SystemExit, match="holds vae.pt, state_vae.pt but no config.json"):
+        train.main(args)
+    (run_dir / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="config.json is not a valid run config .*lacks preset"):
+        train.main(args)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--train.checkpoint_every", "0"], "train.checkpoint_every must be at least 1, got 0"),
+    (["--train.log_every", "0"], "train.log_every must be at least 1, got 0"),
+    (["--train.batch_size", "0"], "train.batch_size must be at least 1, got 0"),
+    (["--train.learning_rate=-1e-4"], "train.learning_rate must be positive, got -0.0001"),
+    (["--train.vae_steps", "-5"], "train.vae_steps must be at least 0, got -5"),
+    (["--train.grad_clip", "nan"], "train.grad_clip is nan; it must be a finite number"),
+    (["--diffusion.guidance_scale", "inf"], "diffusion.guidance_scale is inf; it must be a finite number"),
+    (["--data.image_size", "36"], "data.image_size 36 cannot be taken: .* multiple of 8; use 40 or 32"),
+    (["--unet.attention_levels", "3"], r"unet.attention_levels \[3\] are not levels of the U-Net"),
+    (["--name", ""], "--name '' is not a run name"),
+    (["--name", "../elsewhere"], "--name '../elsewhere' is not a run name"),
+    (["--name", ".."], "--name '..' is not a run name"),
+])
+def test_bad_values_are_one_line_naming_the_value(tmp_path, options, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), *options])
+    assert not list(tmp_path.iterdir()), "a refused run wrote something"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "4",
+            "--train.checkpoint_every", "2", "--stage", "vae"]
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("state_vae.pt.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to see which file is written")
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(SystemExit, match="error: .*no space left on the disk to write .*state_vae.pt"):
+        train.main(args)
+    assert not list((tmp_path / "run").glob("*.tmp")) and not (tmp_path / "run" / "state_vae.pt").exists()
+    monkeypatch.undo()
+    assert checkpoint_step(train.main(args) / "vae.pt") == 4  # space again: the same command finishes
+
+
+def test_a_divergence_keeps_only_sound_weights_and_a_lower_rate_on_resume_finishes(tmp_path, capsys):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
+            "--train.image_steps", "12", "--train.checkpoint_every", "2"]
+    with pytest.raises(SystemExit, match=r"stage image: the loss (became nan|rose to .* over 10 times the "
+                                         r"stage's mean).*Lower the learning rate and run again, for example "
+                                         r"python train.py --runs_dir .* --name run --train.learning_rate 2.5"):
+        train.main(args + ["--train.learning_rate", "10"])
+    state = tmp_path / "run" / "state_image.pt"
+    if state.is_file():  # every checkpoint kept had its weights shown sound by the next step's loss
+        kept = load_checkpoint(state, ["model"])
+        assert all(tensor.abs().max() < 100 for tensor in kept["model"].values() if tensor.is_floating_point())
+    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "image",
+                          "--train.learning_rate", "2e-4"])
+    assert checkpoint_step(run_dir / "unet_image.pt") == 12
+    assert "train.learning_rate 10.0 -> 0.0002" in capsys.readouterr().out
+
+
+def test_a_changed_learning_rate_or_step_count_applies_on_resume(tmp_path):
+    from tiny_magicvideo.training import learning_rate_factor
+
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae",
+            "--train.checkpoint_every", "2"]
+    run_dir = train.main(args + ["--train.vae_steps", "4"])
+    train.main(args + ["--train.vae_steps", "8", "--train.vae_learning_rate", "3e-4"])
+    state = load_checkpoint(run_dir / "state_vae.pt", ["optimizer", "step"])
+    # the rate of the last step taken (0-based step 7), from the new peak and the new step count
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * learning_rate_factor(7, 5, 8))
+    with pytest.raises(SystemExit, match="state_vae.pt is at step 8, past train.vae_steps 6; ask for 8 steps"):
+        (run_dir / "vae.pt").unlink()
+        train.main(args + ["--train.vae_steps", "6"])
+
+
+def test_zero_steps_skips_a_stage_and_a_stage_without_its_inputs_is_refused(tmp_path, capsys):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "0"]
+    with pytest.raises(SystemExit, match="stage image is built on the vae stage, which .* has not finished "
+                                         r"\(vae.pt\); run python train.py --runs_dir .* --name run"):
+        train.main(args)
+    assert "stage vae: skipped (train.vae_steps 0)" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "vae.pt").exists()
+
+
+@pytest.mark.slow
+def test_training_an_earlier_stage_on_refuses_the_later_ones_until_retrained(tmp_path, capsys):
+    args = ["--runs_dir", str(tmp_path), "--name", "run"]
+    run_dir = train.main(SHORT + args + ["--train.videovae_steps", "0"])
+    train.main(args + ["--stage", "vae", "--train.vae_steps", "8"])  # the VAE trained on
+    assert "note: image, video were built on weights that have changed" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unet_image.pt was built on an earlier vae.pt") as error:
+        train.main(args)
+    with pytest.raises(SystemExit, match="built on an earlier vae.pt"):
+        sample.main(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif")])
+    suggested = str(error.value).split(" with python train.py ")[1].split(", or start")[0].split()
+    train.main(suggested)  # the command the error suggests, as it is
+    assert checkpoint_step(run_dir / "unet.pt") == 6
+    sample.main(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif"),
+                 "--num_inference_steps", "2"])

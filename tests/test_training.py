@@ -8,8 +8,8 @@ import torch
 
 import train
 from tiny_magicvideo.config import get_preset
-from tiny_magicvideo.training import (TrainingDiverged, checkpoint_step, load_checkpoint,
-                                      load_weights, read_log, train_stage)
+from tiny_magicvideo.runs import checkpoint_step, load_checkpoint, load_weights
+from tiny_magicvideo.training import TrainingDiverged, read_log, train_stage
 from tiny_magicvideo.vae import AutoencoderKL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -295,6 +296,86 @@ def get_preset(name: str) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks: every value is checked where it is parsed, so that a bad one is a line naming it, not a
+# traceback an hour into a run. (The moving-shapes data's own checks are data.check_data_config.)
+
+
+def check_run_name(name: str, runs_dir: str) -> None:
+    if name in ("", ".", "..") or any(separator in name for separator in "/\\") or name != name.strip():
+        raise ValueError(f"--name {name!r} is not a run name: use a plain directory name such as cpu-2 "
+                         f"(the run is written to {runs_dir}/<name>)")
+
+
+def check_config(config: Config) -> None:
+    """Raise ValueError naming the first value the models or the training loop cannot take."""
+    for name, _, value in _fields(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} is {value}; it must be a finite number")
+    check_run_name(config.name, config.runs_dir)
+    train, diffusion = config.train, config.diffusion
+
+    def at_least(minimum, **values):
+        for key, value in values.items():
+            if value < minimum:
+                raise ValueError(f"{key} must be at least {minimum}, got {value}")
+
+    at_least(1, **{"train.batch_size": train.batch_size, "train.video_batch_size": train.video_batch_size,
+                   "train.log_every": train.log_every, "train.sample_every": train.sample_every,
+                   "train.checkpoint_every": train.checkpoint_every, "data.image_size": config.data.image_size,
+                   "diffusion.num_train_timesteps": diffusion.num_train_timesteps,
+                   "vae.base_channels": config.vae.base_channels, "vae.latent_channels": config.vae.latent_channels,
+                   "text.width": config.text.width, "text.num_heads": config.text.num_heads,
+                   "text.max_length": config.text.max_length, "unet.base_channels": config.unet.base_channels,
+                   "unet.num_heads": config.unet.num_heads, "unet.num_res_blocks": config.unet.num_res_blocks})
+    # 0 steps skips a stage (train.videovae_steps 0: no VideoVAE)
+    at_least(0, **{f"train.{key}": getattr(train, key) for key in
+                   ("vae_steps", "image_steps", "video_steps", "videovae_steps", "warmup_steps")})
+    at_least(0, **{"train.weight_decay": train.weight_decay, "vae.kl_weight": config.vae.kl_weight,
+                   "vae.temporal_loss_weight": config.vae.temporal_loss_weight,
+                   "diffusion.guidance_scale": diffusion.guidance_scale,
+                   "train.video_reused_learning_rate": train.video_reused_learning_rate})  # 0: frozen
+    for key in ("learning_rate", "video_learning_rate", "vae_learning_rate", "grad_clip"):
+        if not getattr(train, key) > 0:
+            raise ValueError(f"train.{key} must be positive, got {getattr(train, key)}")
+    for key, value in (("train.ema_decay", train.ema_decay), ("train.video_t_min_share", train.video_t_min_share),
+                       ("diffusion.text_drop_prob", diffusion.text_drop_prob)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{key} must be between 0 and 1, got {value}")
+    if not 0 <= train.video_t_min < diffusion.num_train_timesteps:
+        raise ValueError(f"train.video_t_min {train.video_t_min} is not a step: use 0 to "
+                         f"{diffusion.num_train_timesteps - 1}")
+    if not 1 <= diffusion.num_inference_steps <= diffusion.num_train_timesteps:
+        raise ValueError(f"diffusion.num_inference_steps must be between 1 and {diffusion.num_train_timesteps}, "
+                         f"got {diffusion.num_inference_steps}")
+    if not 0 < diffusion.beta_start <= diffusion.beta_end < 1:
+        raise ValueError(f"diffusion.beta_start {diffusion.beta_start} and beta_end {diffusion.beta_end} must "
+                         f"satisfy 0 < beta_start <= beta_end < 1")
+    if config.vae.scaling_factor is not None and not config.vae.scaling_factor > 0:
+        raise ValueError(f"vae.scaling_factor must be positive, got {config.vae.scaling_factor}")
+    unet = config.unet
+    if not unet.channel_mults or min(unet.channel_mults) < 1:
+        raise ValueError(f"unet.channel_mults must be positive whole numbers, got {unet.channel_mults}")
+    for levels_name in ("attention_levels", "temporal_only_levels"):
+        outside = [level for level in getattr(unet, levels_name) if not 0 <= level < len(unet.channel_mults)]
+        if outside:
+            raise ValueError(f"unet.{levels_name} {outside} are not levels of the U-Net, whose levels are "
+                             f"0 to {len(unet.channel_mults) - 1} (one per unet.channel_mults)")
+    for key, width, heads in [("text.width", config.text.width, config.text.num_heads)] + [
+            (f"unet.base_channels x {mult}", unet.base_channels * mult, unet.num_heads) for mult in unet.channel_mults]:
+        if width % heads:
+            raise ValueError(f"{key} = {width} does not split into {heads} attention heads; "
+                             f"choose widths divisible by the number of heads")
+    # the VAE shrinks frames by downsample_factor, and the U-Net halves the latents once per level below the first
+    multiple = config.vae.downsample_factor * 2 ** (len(unet.channel_mults) - 1)
+    if config.data.image_size % multiple:
+        below, above = config.data.image_size // multiple * multiple, -(-config.data.image_size // multiple) * multiple
+        raise ValueError(f"data.image_size {config.data.image_size} cannot be taken: the VAE makes latents "
+                         f"{config.vae.downsample_factor}x smaller and the U-Net halves them "
+                         f"{len(unet.channel_mults) - 1} times, so the size must be a multiple of {multiple}; "
+                         f"use {above}" + (f" or {below}" if below else ""))
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line: one `--section.key` option per field, typed from the dataclass annotations.
 
 
@@ -315,19 +396,36 @@ def build_parser(defaults: Config, description: str = "") -> argparse.ArgumentPa
 
 def parse_config(argv: list[str] | None = None, description: str = "",
                  extra_arguments: typing.Callable[[argparse.ArgumentParser], None] | None = None,
+                 existing_run: typing.Callable[[str], Config | None] | None = None,
                  ) -> tuple[Config, argparse.Namespace]:
-    """Parse `--preset P --section.key value ...` into a Config (plus the namespace for extras).
+    """Parse `--preset P --section.key value ...` into a checked Config (plus the namespace for extras).
 
     `extra_arguments(parser)` may add options that are not config fields (train.py's --stage).
-    An unknown option is an error that names it and suggests the nearest real one.
+    `existing_run(run_dir)` returns the config of the run in <runs_dir>/<name>, or None where there
+    is none yet: an existing run's own settings are then the defaults, so that continuing it needs
+    no preset or option repeated (train.py). An unknown option is an error that names it and
+    suggests the nearest real one; a bad value is a ValueError that names it (check_config).
     """
-    preset_parser = argparse.ArgumentParser(add_help=False)
-    preset_parser.add_argument("--preset", default="auto")
-    preset_name = preset_parser.parse_known_args(argv)[0].preset
+    early_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in ("--preset", "--name", "--runs_dir"):
+        early_parser.add_argument(option)
+    early = early_parser.parse_known_args(argv)[0]
     try:
-        defaults = get_preset(preset_name)
+        defaults = get_preset(early.preset or "auto")
     except ValueError as error:
-        preset_parser.error(str(error))
+        early_parser.error(str(error))
+    if existing_run is not None:
+        name = defaults.name if early.name is None else early.name
+        runs_dir = defaults.runs_dir if early.runs_dir is None else early.runs_dir
+        check_run_name(name, runs_dir)
+        saved = existing_run(f"{runs_dir}/{name}")
+        if saved is not None:
+            if early.preset is not None and defaults.preset != saved.preset:
+                raise ValueError(f"run {name!r} was made with preset {saved.preset!r}, not {early.preset!r}: "
+                                 f"drop --preset to continue it with its own settings, or start a new run "
+                                 f"with --name NEW")
+            saved.name, saved.runs_dir = name, runs_dir  # where it is now, should it have been moved
+            defaults = saved
     parser = build_parser(defaults, description)
     if extra_arguments is not None:
         extra_arguments(parser)
@@ -340,6 +438,7 @@ def parse_config(argv: list[str] | None = None, description: str = "",
         parser.error(f"unknown option {bad!r}{hint}")
     values = {name: getattr(namespace, name) for name, *_ in _fields(defaults) if name != "preset"}
     config = _dataclass_from_dict(Config, _unflatten(values) | {"preset": defaults.preset}, "config")
+    check_config(config)
     return config, namespace
 
 

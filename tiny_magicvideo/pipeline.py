@@ -24,9 +24,15 @@ from .config import Config
 from .data import frame_rates, video_to_frames
 from .diffusion import GaussianDiffusion, classifier_free_guidance
 from .text import TextEncoder
-from .training import WEIGHTS_FILES, load_run_config, load_weights, resolve_device
+from .runs import WEIGHTS_FILES, check_built_on, load_run_config, load_weights, read_record, train_command
+from .training import resolve_device
 from .unet3d import UNet3D
 from .vae import AutoencoderKL, load_vae, load_video_vae
+
+
+# the highest frame rate a clip may be asked for: far above any trained rate, and far below where the
+# sinusoidal embedding of the rate loses its meaning (its longest period is 10,000)
+MAX_FPS = 1000.0
 
 
 @dataclass
@@ -83,7 +89,7 @@ class TextToVideo:
             raise ValueError(f"stage must be 'video' or 'image', got {stage!r}")
         if stage == "video" and not (run_dir / WEIGHTS_FILES["video"]).is_file():
             raise FileNotFoundError(f"{run_dir} has no video model ({WEIGHTS_FILES['video']}): train it "
-                                    f"with python train.py --name {run_dir.name} --stage video")
+                                    f"with {train_command(run_dir, '--stage', 'video')}")
         model = text_to_image_model(config)
         if stage == "video":
             model = text_to_video_model(model, config)
@@ -94,6 +100,11 @@ class TextToVideo:
             decoder = "video" if (run_dir / WEIGHTS_FILES["videovae"]).is_file() else "image"
         if decoder not in ("video", "image"):
             raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
+        # weights built on another VAE or image model than the run holds now are refused
+        for used in [stage] + (["videovae"] if decoder == "video" else []):
+            path = run_dir / WEIGHTS_FILES[used]
+            if path.is_file():
+                check_built_on(run_dir, used, path, read_record(path)["built_on"])
         vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
         return cls(vae, model["text_encoder"], model["unet"], config, image_model)
 
@@ -119,9 +130,9 @@ class TextToVideo:
                 raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
                                  f"{self.unet.max_frames} frames (data.num_frames of its run)")
             fps = data.fps if fps is None else fps
-            if not fps > 0:
-                raise ValueError(f"fps={fps}: the frame rate must be positive; this run trained on "
-                                 f"{', '.join(f'{rate:g}' for rate in frame_rates(data))}")
+            if not 0 < fps <= MAX_FPS:
+                raise ValueError(f"fps={fps}: the frame rate must be positive and at most {MAX_FPS:g}; this run "
+                                 f"trained on {', '.join(f'{rate:g}' for rate in frame_rates(data))}")
             condition = {"fps": torch.full((len(prompts),), float(fps), device=self.device)}
         else:
             if num_frames not in (None, 1):
@@ -134,6 +145,12 @@ class TextToVideo:
                              f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
         steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        if not 0 <= scale < math.inf:
+            raise ValueError(f"guidance_scale={scale}: use a finite number >= 0 (1: the conditional prediction "
+                             f"alone, 0: the unconditional one; this run's default is "
+                             f"{self.config.diffusion.guidance_scale:g})")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta={eta}: use a number from 0 (deterministic DDIM) to 1 (DDPM-like noise)")
         unguided = self.config.diffusion.unguided_below if unguided_below is None else unguided_below
         for name, step in (("image_model_below", image_model_below), ("unguided_below", unguided)):
             if step is not None and not 0 <= step <= self.diffusion.num_train_timesteps:
@@ -170,7 +187,11 @@ class TextToVideo:
                 def denoiser(x_t, t):
                     return (image_denoiser if int(t[0]) < below else video_denoiser)(x_t, t)
             latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
-        video = self.vae.decode_video(latents).clamp(-1, 1)
+        video = self.vae.decode_video(latents)
+        if not torch.isfinite(video).all():  # would be saved as black frames
+            raise ValueError("the sampled clip holds non-finite values (NaN or inf): the weights or the sampling "
+                             "settings (guidance_scale, num_inference_steps) are broken; nothing was written")
+        video = video.clamp(-1, 1)
         return VideoOutput(frames=video_to_frames(video), latents=latents)
 
 

@@ -46,7 +46,8 @@ class Tokenizer:
         for row, prompt in enumerate(prompts):
             tokens = [START] + [self._word_id(word) for word in re.findall(r"[a-z]+", prompt.lower())]
             if len(tokens) > self.max_length:
-                warnings.warn(f"prompt {prompt!r} has {len(tokens) - 1} words; only the first "
+                start = prompt if len(prompt) <= 40 else prompt[:40] + "..."
+                warnings.warn(f"prompt {start!r} has {len(tokens) - 1} words; only the first "
                               f"{self.max_length - 1} are used (text.max_length {self.max_length})")
                 tokens = tokens[:self.max_length]
             ids[row, :len(tokens)] = torch.tensor(tokens)

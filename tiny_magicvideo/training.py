@@ -4,20 +4,25 @@ A stage hands the loop a model, a loss and a source of batches; the loop does th
 for all of them:
 
 - AdamW on the parameters that require gradients, the learning rate warmed up linearly and then
-  decayed along a cosine to a tenth of its peak, gradient clipping to `train.grad_clip`;
+  decayed along a cosine to a tenth of its peak, gradient clipping to `train.grad_clip`; the rate is
+  computed from the config at every step, so a resumed run takes a changed rate or step count;
 - an exponential moving average (EMA) of the weights, torch.optim.swa_utils.AveragedModel:
   theta_ema <- decay_n * theta_ema + (1 - decay_n) * theta, with decay_n = min(decay, (1+n)/(10+n))
   so that the average is not dominated by the random initial weights in short runs;
 - a tqdm bar with the loss, `log.csv` (one row per logged value) and `loss.png` redrawn from it at
-  every checkpoint;
+  checkpoints (at most once a minute) and at the stage's end;
 - sample files every `train.sample_every` steps (what a sample is, the stage decides);
-- checkpoints `state_<stage>.pt` with model, EMA, optimizer, step and random state, written to a
-  temporary file and renamed, so a killed run never leaves half a file and a resumed run continues
-  exactly where the checkpoint was taken;
-- a NaN or infinite loss stops the stage with a message and leaves the last good checkpoint alone.
+- checkpoints `state_<stage>.pt` with model, EMA, optimizer, step and random state (runs.py writes
+  them atomically), so a resumed run continues exactly where the checkpoint was taken;
+- divergence: a NaN or infinite loss, one over DIVERGENCE_FACTOR times the stage's mean so far, or
+  non-finite weights stop the stage; a checkpoint is only written once the next step's loss has
+  shown its weights sound, so the one kept is always one to resume from at a lower learning rate.
 
-When the stage finishes, its weights file (`vae.pt`, ...) holds the model and EMA state dicts and
-the step: tensors only, read back with torch.load(weights_only=True).
+A stage's initial weights and its training noise are seeded from (run seed, stage name) alone
+(stage_seed), so a stage starts the same whatever the process ran before it. When the stage
+finishes, its `finish` step runs (the VAE measures its scaling factor), and then its weights file
+(`vae.pt`, ...) is written, last: model and EMA state dicts, the step, the EMA weights' fingerprint
+and the fingerprints of the stages it was built on.
 """
 
 from __future__ import annotations
@@ -26,23 +31,32 @@ import csv
 import io
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .config import Config
+from .runs import (WEIGHTS_FILES, check_built_on, check_finite, checkpoint_step, fingerprint, inputs_of,
+                   load_checkpoint, load_state_dict, save_atomically, state_file, train_command, write_text_atomically)
 
 LOG_FIELDS = ("stage", "step", "seconds", "name", "value")
-WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", "videovae": "videovae.pt"}
+# loss.png is redrawn at a checkpoint if the last drawing is older than this (a drawing takes about a
+# second), and at the end of each stage
+PLOT_EVERY_SECONDS = 60.0
+# a loss above this many times the stage's mean loss so far is a divergence, not noise: the untrained
+# model's loss is the highest a sound stage sees, and a blow-up passes it within a step or two
+DIVERGENCE_FACTOR = 10.0
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or the weights blew up."""
 
 
 @dataclass
@@ -56,11 +70,20 @@ class Stage:
     # batches(start_step) -> the batches for steps start_step, start_step + 1, ..., num_steps - 1
     batches: Callable[[int], Iterable[dict]]
     num_steps: int
-    learning_rate: float
+    # {config option: peak learning rate}, e.g. {"train.learning_rate": 5e-4}: one AdamW group each
+    learning_rates: dict[str, float]
+    # rate_option(parameter name) -> the option (a key of learning_rates) it trains at; None: the first
+    rate_option: Callable[[str], str] | None = None
     # write_samples(ema_model, step) writes sample files; None for no samples
     write_samples: Callable[[nn.Module, int], None] | None = None
-    # learning_rates(parameter name) -> its peak learning rate; None: learning_rate for all
-    learning_rates: Callable[[str], float] | None = None
+    # finish(ema_model) runs once training ends, before the weights file is written; None for nothing
+    finish: Callable[[nn.Module], None] | None = None
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one stage's initial weights and training noise: a function of the run's seed and
+    the stage's name alone, so that `--stage` calls and resumes end where one uninterrupted run ends."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(stage.encode())]).generate_state(1)[0])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,130 +96,6 @@ def resolve_device(name: str) -> torch.device:
     if not available.get(name, False):
         raise ValueError(f"device {name!r} is not available on this machine; use --device auto or cpu")
     return torch.device(name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint files.
-
-
-def save_atomically(payload: dict, path: Path) -> None:
-    """torch.save to `<path>.tmp`, then rename over `path`: the old file stays whole until then."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
-
-
-def load_checkpoint(path: Path, keys: Iterable[str]) -> dict:
-    """torch.load(weights_only=True) with clear errors for a missing, corrupt or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train that stage first "
-                                f"(python train.py --stage ...) or check --name / --runs_dir")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, wrong format, pickled code: all unreadable here
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); "
-                         f"it may be truncated or from another program: delete it and re-run the "
-                         f"stage") from error
-    missing = [key for key in keys if not isinstance(payload, dict) or key not in payload]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by this project's "
-                         f"training loop; delete it and re-run the stage")
-    return payload
-
-
-def load_state_dict(module: nn.Module, state: dict, path: Path) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"the weights in {path} do not fit the model built from this config "
-                         f"(was it trained with other sizes?): {str(error).splitlines()[1:3]}") from error
-
-
-def load_weights(module: nn.Module, path: Path, use_ema: bool = True) -> int:
-    """Load a finished stage's weights (EMA by default) into `module`; returns the step trained."""
-    payload = load_checkpoint(path, ("model", "ema", "step"))
-    load_state_dict(module, payload["ema" if use_ema else "model"], path)
-    return int(payload["step"])
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a weights or state file was written at; 0 if there is no file."""
-    return int(load_checkpoint(path, ("step",))["step"]) if Path(path).is_file() else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# A run directory's config.json.
-
-# The config sections each stage's weights depend on: once a stage has written a checkpoint, they
-# may not change for that run.
-STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet", "diffusion"),
-                  "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
-# settings that never change what is trained (all but the first are only used when sampling)
-RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps",
-                  "diffusion.video_sampling", "diffusion.image_model_below",
-                  "diffusion.unguided_below")
-# settings inside a frozen section that only a later stage uses: free until that stage starts
-LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
-                    "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
-                    "diffusion.past_frames": "video",
-                    "vae.temporal_loss_weight": "videovae"}
-
-
-def load_run_config(run_dir) -> Config:
-    """The resolved config a run directory was trained with."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no config.json: is it a run directory made by "
-                                f"python train.py? (runs are under runs/<name>)")
-    try:
-        return Config.from_json(path.read_text())
-    except ValueError as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not a valid run config: {error}") from error
-
-
-def continue_run(run_dir: Path, requested: Config) -> Config:
-    """The config to continue the run in `run_dir` with (`requested` if it is a new run), plus what
-    the run has measured already.
-
-    Changing a setting that a started stage's checkpoints depend on is an error naming the fields;
-    anything else (the train section, sections of stages not started yet) may change.
-    """
-    if not (run_dir / "config.json").is_file():
-        return requested
-    saved = load_run_config(run_dir)
-    started_stages = [stage for stage, weights in WEIGHTS_FILES.items()
-                      if (run_dir / weights).is_file() or (run_dir / f"state_{stage}.pt").is_file()]
-    frozen = {section for stage in started_stages for section in STAGE_SECTIONS[stage]}
-    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
-    changed = [key for key in new if old.get(key) != new[key] and key.split(".")[0] in frozen
-               and key != "vae.scaling_factor" and key not in RESUMABLE_KEYS
-               and LATER_STAGE_KEYS.get(key, started_stages[0]) in started_stages]
-    if changed:
-        details = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
-        raise ValueError(f"run {requested.name!r} was made with other settings ({details}) and its "
-                         f"stages {', '.join(started_stages)} depend on them; start a new run with "
-                         f"--name NEW, or drop those options")
-    merged = Config.from_dict(requested.to_dict())
-    merged.vae.scaling_factor = saved.vae.scaling_factor
-    return merged
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a killed process never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,39 +161,47 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
-def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.device) -> nn.Module:
-    """Train `stage` to `stage.num_steps`, resuming from state_<stage>.pt if there is one.
+def make_optimizer(stage: Stage, model: nn.Module, weight_decay: float) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW with one parameter group per learning-rate option; returns it and the groups' options."""
+    options: dict[str, list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            option = next(iter(stage.learning_rates)) if stage.rate_option is None else stage.rate_option(name)
+            options.setdefault(option, []).append(parameter)
+    groups = [{"params": parameters, "lr": stage.learning_rates[option]} for option, parameters in options.items()]
+    return torch.optim.AdamW(groups, weight_decay=weight_decay), list(options)
 
-    Returns the EMA copy of the model, which is what samples and later stages use.
-    """
+
+def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.device) -> nn.Module:
+    """Train `stage` to `stage.num_steps`, resuming from state_<stage>.pt if there is one; then run
+    its finish step and write its weights file. Returns the EMA copy of the model, which is what
+    samples and later stages use."""
     run_dir = Path(run_dir)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     settings = config.train
     model = stage.model.to(device)
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    parameters = [p for _, p in named]
-    rates = [stage.learning_rate if stage.learning_rates is None else stage.learning_rates(name)
-             for name, _ in named]
-    # one AdamW group per learning rate, each scaled by the same warmup and decay
-    groups = [{"params": [p for p, r in zip(parameters, rates) if r == rate], "lr": rate}
-              for rate in sorted(set(rates))]
-    optimizer = torch.optim.AdamW(groups, lr=stage.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, settings.warmup_steps, stage.num_steps))
+    optimizer, group_options = make_optimizer(stage, model, settings.weight_decay)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     ema = make_ema(model, settings.ema_decay)
-    generator = torch.Generator(device).manual_seed(config.seed)
+    generator = torch.Generator(device).manual_seed(stage_seed(config.seed, stage.name))
+    built_on = inputs_of(run_dir, stage.name)  # {input stage: fingerprint of the weights trained against}
 
-    state_path = run_dir / f"state_{stage.name}.pt"
+    state_path = state_file(run_dir, stage.name)
     step, seconds_before = 0, 0.0  # seconds_before: training time of earlier sessions of the stage
+    loss_sum, loss_count = 0.0, 0  # every step's loss so far: their mean is the yardstick for divergence
     if state_path.is_file():
-        state = load_checkpoint(state_path, ("model", "ema", "optimizer", "scheduler", "step",
-                                             "generator", "seconds"))
+        state = load_checkpoint(state_path, ("model", "ema", "optimizer", "step", "generator", "seconds"))
+        check_built_on(run_dir, stage.name, state_path, state.get("built_on", built_on))
+        step = int(state["step"])
+        if step > stage.num_steps:
+            raise ValueError(f"{state_path} is at step {step}, past train.{stage.name}_steps {stage.num_steps}; "
+                             f"ask for {step} steps or more (--train.{stage.name}_steps {step})")
         load_state_dict(model, state["model"], state_path)
         load_state_dict(ema, state["ema"], state_path)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        step, seconds_before = int(state["step"]), float(state["seconds"])
+        seconds_before = float(state["seconds"])
+        loss_sum, loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
         # log rows written after that checkpoint belong to the lost part of the run
         write_log(run_dir, [row for row in read_log(run_dir)
                             if row["stage"] != stage.name or int(row["step"]) <= step])
@@ -303,36 +210,70 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start_time
 
-    def save_state() -> None:
+    def set_learning_rates(step: int) -> None:
+        """Each group's rate for 0-based `step`, from this config (not the checkpoint's)."""
+        factor = learning_rate_factor(step, settings.warmup_steps, stage.num_steps)
+        for group, option in zip(optimizer.param_groups, group_options):
+            group["lr"] = stage.learning_rates[option] * factor
+            group["weight_decay"] = settings.weight_decay
+
+    def diverged(why: str) -> TrainingDiverged:
+        progress.close()
+        kept = (f"{state_path.name} (step {checkpoint_step(state_path)}), the last checkpoint whose weights gave "
+                f"a sound loss" if state_path.is_file() else "no checkpoint (none was written yet)")
+        lower = [f"--{option} {stage.learning_rates[option] / 4:g}" for option in group_options]
+        return TrainingDiverged(f"stage {stage.name}: {why}; stopping and keeping {kept}. Lower the learning "
+                                f"rate and run again, for example {train_command(run_dir, *lower)}")
+
+    def check_loss(value: float) -> None:
+        """A NaN or infinite loss, or one over DIVERGENCE_FACTOR times the stage's mean so far, stops it."""
+        if not math.isfinite(value):
+            raise diverged(f"the loss became {value} at step {step + 1}")
+        if loss_count and value > DIVERGENCE_FACTOR * loss_sum / loss_count:
+            raise diverged(f"the loss rose to {value:.4g} at step {step + 1}, over {DIVERGENCE_FACTOR:g} times "
+                           f"the stage's mean so far ({loss_sum / loss_count:.4g})")
+
+    def save_state(generator_state: torch.Tensor) -> None:
+        for module in (model, ema):
+            try:
+                check_finite(module.state_dict(), state_path.name)
+            except ValueError:
+                raise diverged(f"the weights became non-finite by step {step}") from None
         save_atomically({"model": model.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "step": torch.tensor(step), "generator": generator.get_state(),
+                         "optimizer": optimizer.state_dict(), "step": torch.tensor(step),
+                         "generator": generator_state, "built_on": built_on,
+                         "loss_sum": torch.tensor(loss_sum, dtype=torch.float64), "loss_count": torch.tensor(loss_count),
                          "seconds": torch.tensor(elapsed(), dtype=torch.float64)}, state_path)
+        nonlocal last_plot
+        if step == stage.num_steps or time.perf_counter() - last_plot > PLOT_EVERY_SECONDS:
+            plot_log(run_dir)
+            last_plot = time.perf_counter()
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=settings.mixed_precision and device.type == "cuda")
     log_rows = read_log(run_dir)
-    start_time = time.perf_counter()
+    start_time = last_plot = time.perf_counter()
     model.train()
     progress = tqdm(total=stage.num_steps, initial=step, desc=f"stage {stage.name}", dynamic_ncols=True)
+    # A checkpoint of `step` is written once the next step's loss has shown its weights sound, so that
+    # the one kept after a divergence never holds weights that had already blown up.
+    checkpoint_due = False
     for batch in stage.batches(step):
+        generator_state = generator.get_state()  # before this step's draws: what a checkpoint of `step` holds
         with autocast:
             loss, values = stage.loss(batch, generator)
-        if not torch.isfinite(loss):
-            progress.close()
-            last = (f"the checkpoint {state_path} (step {checkpoint_step(state_path)})"
-                    if state_path.is_file() else "no checkpoint (none was written yet)")
-            raise TrainingDiverged(
-                f"stage {stage.name}: the loss became {loss.item()} at step {step + 1}; stopping and "
-                f"keeping {last}. Lower the learning rate (--train.learning_rate, --train.video_learning_rate "
-                f"or --train.vae_learning_rate for the autoencoders) or --train.grad_clip and run again.")
+        check_loss(loss.item())
+        if checkpoint_due:
+            save_state(generator_state)
+            checkpoint_due = False
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+        set_learning_rates(step)
         optimizer.step()
-        scheduler.step()
         ema.update_parameters(model)
         step += 1
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}")
 
@@ -346,14 +287,19 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
             ema.module.eval()
             with torch.no_grad():
                 stage.write_samples(ema.module, step)
-        if step % settings.checkpoint_every == 0 or step == stage.num_steps:
-            save_state()
-            plot_log(run_dir)  # about a second a drawing: at checkpoints, not at every log row
+        if step == stage.num_steps:  # the last checkpoint: no later loss to wait for
+            save_state(generator.get_state())
+        elif step % settings.checkpoint_every == 0:
+            checkpoint_due = True
     progress.close()
 
-    save_atomically({"model": model.state_dict(), "ema": ema.module.state_dict(),
-                     "step": torch.tensor(step)}, run_dir / WEIGHTS_FILES[stage.name])
     print(f"stage {stage.name}: {step} steps in {elapsed() / 60:.1f} minutes of training")
     ema.module.eval()
+    if stage.finish is not None:
+        with torch.no_grad():
+            stage.finish(ema.module)
+    ema_state = ema.module.state_dict()
+    save_atomically({"model": model.state_dict(), "ema": ema_state, "step": torch.tensor(step),
+                     "fingerprint": fingerprint(ema_state), "built_on": built_on},
+                    run_dir / WEIGHTS_FILES[stage.name])
     return ema.module
-

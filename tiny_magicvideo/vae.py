@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VAEConfig
+from .runs import load_run_config, load_weights, train_command
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -202,8 +203,8 @@ class AutoencoderKL(nn.Module):
     @property
     def scaling_factor(self) -> float:
         if self.config.scaling_factor is None:
-            raise ValueError("vae.scaling_factor is not set: it is measured when the VAE stage "
-                             "finishes (python train.py --stage vae)")
+            raise ValueError("vae.scaling_factor is not set: it is measured when the VAE stage finishes; "
+                             "load a trained VAE with load_vae(run_dir), or train one with python train.py")
         return self.config.scaling_factor
 
 
@@ -302,16 +303,16 @@ class VideoVAE(AutoencoderKL):
 
 
 @torch.no_grad()
-def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
+def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None = None,
+                           batch_size: int = 64) -> float:
     """1 / std of sampled latents over `images` (N, 3, H, W): the factor that gives unit variance."""
-    latents = torch.cat([vae.encode(images[i:i + batch_size]).sample() for i in range(0, len(images), batch_size)])
+    latents = torch.cat([vae.encode(images[i:i + batch_size]).sample(generator)
+                         for i in range(0, len(images), batch_size)])
     return 1.0 / latents.std().item()
 
 
 def _load_from_run(model_class, run_dir, filename: str, device):
     """A model of `model_class` built from the run's vae config, with the EMA weights of `filename`."""
-    from .training import load_run_config, load_weights
-
     model = model_class(load_run_config(run_dir).vae)
     load_weights(model, Path(run_dir) / filename)
     return model.to(device).eval()
@@ -326,5 +327,5 @@ def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
     """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
     if not (Path(run_dir) / "videovae.pt").is_file():
         raise FileNotFoundError(f"{run_dir} has no VideoVAE (videovae.pt): train it with "
-                                f"python train.py --name {Path(run_dir).name} --stage videovae")
+                                f"{train_command(run_dir, '--stage', 'videovae')}")
     return _load_from_run(VideoVAE, run_dir, "videovae.pt", device)
