@@ -296,14 +296,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
 def test_a_divergence_keeps_only_sound_weights_and_a_lower_rate_on_resume_finishes(tmp_path, capsys):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
             "--train.image_steps", "12", "--train.checkpoint_every", "2"]
-    with pytest.raises(SystemExit, match=r"stage image: the loss (became nan|rose to .* over 10 times the "
-                                         r"stage's mean).*Lower the learning rate and run again, for example "
-                                         r"python train.py --runs_dir .* --name run --train.learning_rate 2.5"):
+    with pytest.raises(SystemExit, match=r"stage image: the loss rose to .* at step 2, over 10 times the stage's "
+                                         r"mean so far .*keeping no checkpoint.*Lower the learning rate and run "
+                                         r"again, for example python train.py --runs_dir .* --name run "
+                                         r"--train.learning_rate 2.5"):
         train.main(args + ["--train.learning_rate", "10"])
-    state = tmp_path / "run" / "state_image.pt"
-    if state.is_file():  # every checkpoint kept had its weights shown sound by the next step's loss
-        kept = load_checkpoint(state, ["model"])
-        assert all(tensor.abs().max() < 100 for tensor in kept["model"].values() if tensor.is_floating_point())
+    # the loss went from about 1 to hundreds at step 2, so no checkpoint was ever shown sound
+    assert not (tmp_path / "run" / "state_image.pt").exists()
     run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "image",
                           "--train.learning_rate", "2e-4"])
     assert checkpoint_step(run_dir / "unet_image.pt") == 12
@@ -323,6 +322,16 @@ def test_a_changed_learning_rate_or_step_count_applies_on_resume(tmp_path):
     with pytest.raises(SystemExit, match="state_vae.pt is at step 8, past train.vae_steps 6; ask for 8 steps"):
         (run_dir / "vae.pt").unlink()
         train.main(args + ["--train.vae_steps", "6"])
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path):
+    args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae",
+            "--train.checkpoint_every", "2"]
+    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    state = run_dir / "state_vae.pt"
+    state.write_bytes(state.read_bytes()[:300])  # truncated, as by a failing disk
+    with pytest.raises(SystemExit, match="state_vae.pt is not a readable checkpoint .*delete it and re-run"):
+        train.main(args + ["--train.vae_steps", "4"])
 
 
 def test_zero_steps_skips_a_stage_and_a_stage_without_its_inputs_is_refused(tmp_path, capsys):
