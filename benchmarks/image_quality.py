@@ -6,7 +6,8 @@
 One prompt per colour x shape of the run's data config ("a red circle moving left", the motion
 word cycling), `samples_per_prompt` seeds each, DDIM with `--steps` steps and the run's guidance
 scale (none below the run's unguided_below). The attribute detector (metrics.py) reads colour and
-shape from each image.
+shape from each image; each share is printed with its 95% Wilson interval. `--seeds reporting` (the
+default) samples from seeds no setting was chosen on, `--seeds tuning` from those to choose on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections import defaultdict
 
 from tiny_magicvideo.data import plain_caption
-from tiny_magicvideo.metrics import detect
+from tiny_magicvideo.metrics import detect, sampling_seed, share_with_interval
 from tiny_magicvideo.pipeline import TextToVideo
 
 
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--unguided_below", type=int, default=None,
                         help="no guidance below this step (default: the run's diffusion.unguided_below)")
+    parser.add_argument("--seeds", choices=("reporting", "tuning"), default="reporting",
+                        help="reporting (the default): seeds no setting was chosen on; tuning: the seeds to "
+                             "choose settings on (metrics.sampling_seed)")
     args = parser.parse_args()
     pipeline = TextToVideo.from_run(args.run, device="cpu", stage="image", decoder="image")  # the image model
     data = pipeline.config.data
@@ -39,7 +43,8 @@ def main() -> None:
 
     hits = defaultdict(lambda: [0, 0])  # key -> [matches, total]
     start = time.perf_counter()
-    for seed in range(args.samples_per_prompt):
+    for index in range(args.samples_per_prompt):
+        seed = sampling_seed(index, reporting=args.seeds == "reporting")
         images = pipeline(prompts, num_inference_steps=args.steps, guidance_scale=scale, seed=seed,
                           unguided_below=unguided).frames
         for (colour, shape), image in zip(combos, images[:, 0]):
@@ -53,12 +58,12 @@ def main() -> None:
                 hits[key][1] += 1
     seconds = time.perf_counter() - start
     total = hits["colour"][1]
-    print(f"{args.run}: {total} images ({len(prompts)} prompts x {args.samples_per_prompt} seeds), "
+    print(f"{args.run}: {total} images ({len(prompts)} prompts x {args.samples_per_prompt} {args.seeds} seeds), "
           f"DDIM {args.steps} steps, guidance scale {scale}{f' from step {unguided} up' if unguided else ''}, "
           f"{seconds:.0f} s ({seconds / total:.2f} s an image on the CPU)\n")
-    print("| measure | images | share |\n|---|---|---|")
+    print("| measure | share (95% interval) of images |\n|---|---|")
     for key, (matches, count) in hits.items():
-        print(f"| {key} | {count} | {100 * matches / count:.1f}% |")
+        print(f"| {key} | {share_with_interval(matches, count)} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
         [--guidance_scale G] [--unguided_below S] [--sampling frame_by_frame|joint] [--image_model_below S]
-        [--device cpu|auto|cuda|mps]
+        [--seeds reporting|tuning] [--decoder video|image] [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw
@@ -14,8 +14,10 @@ back; the tables give the share of clips whose detected colour, shape and direct
 prompt, and all three together, the share it could not read and why, how often the object's centre
 jumps more than JUMP_PIXELS between two frames (and between the first two), then the detected speed
 per frame rate (frame-rate conditioning at work). Clips are decoded as `sample.py` decodes them: by
-the run's VideoVAE where it has one. The same seeds draw different noise on a GPU than on the CPU,
-so a table from each is a separate sample of the model.
+the run's VideoVAE where it has one. Every share comes with its 95% Wilson interval and its count.
+Seeds: `--seeds reporting` (the default) samples from a range that no setting was ever chosen on;
+`--seeds tuning` from the range to choose settings on (metrics.sampling_seed). The same seeds draw
+different noise on a GPU than on the CPU, so a table from each is a separate sample of the model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections import defaultdict
 import numpy as np
 
 from tiny_magicvideo.data import frame_rates, plain_caption, split_combinations
-from tiny_magicvideo.metrics import detect
+from tiny_magicvideo.metrics import detect, sampling_seed, share_with_interval
 from tiny_magicvideo.pipeline import TextToVideo
 from tiny_magicvideo.vae import VideoVAE
 
@@ -42,7 +44,7 @@ def reason_kind(reason: str) -> str:
 
 
 def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clips: int, steps: int,
-             scale: float, unguided_below: int, sampling: str, image_model_below: int,
+             scale: float, unguided_below: int, sampling: str, image_model_below: int, reporting: bool,
              batch_size: int = 20) -> tuple[dict, dict]:
     """(hits, speeds): hits[key] = [matches, clips]; speeds[fps] = detected px/frame of readable clips."""
     rates = frame_rates(pipeline.config.data)
@@ -55,7 +57,7 @@ def evaluate(pipeline: TextToVideo, combos: list[tuple[str, str, str]], num_clip
                 continue
             prompts = [plain_caption(*combo) for combo, _, _ in chunk]
             clips = pipeline(prompts, num_inference_steps=steps, guidance_scale=scale, fps=fps,
-                             seed=chunk[0][2], sampling=sampling, image_model_below=image_model_below,
+                             seed=sampling_seed(chunk[0][2], reporting), sampling=sampling, image_model_below=image_model_below,
                              unguided_below=unguided_below).frames
             for ((colour, shape, motion), _, _), frames in zip(chunk, clips):
                 detection = detect(frames)
@@ -93,10 +95,16 @@ def main() -> None:
     parser.add_argument("--image_model_below", type=int, default=None,
                         help="steps below this one are the image model's (default: the run's "
                              "diffusion.image_model_below; 0: the video model throughout)")
+    parser.add_argument("--seeds", choices=("reporting", "tuning"), default="reporting",
+                        help="reporting (the default): seeds no setting was chosen on; tuning: the seeds to "
+                             "choose settings on (metrics.sampling_seed)")
+    parser.add_argument("--decoder", choices=("video", "image"), default=None,
+                        help="video: the run's VideoVAE, image: the image VAE frame by frame (default: the "
+                             "VideoVAE where the run has one, as sample.py)")
     parser.add_argument("--device", default="cpu", help="cpu (the default), auto, cuda or mps")
     args = parser.parse_args()
     try:
-        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
+        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
     except (FileNotFoundError, ValueError) as error:  # no such run, no video stage, no such device
         sys.exit(f"error: {error}")
     config = pipeline.config
@@ -109,7 +117,7 @@ def main() -> None:
           f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}"
           f"{f' from step {unguided} up' if unguided else ''}, "
           f"{f'the image model below step {below}' if below else 'the video model throughout'}, "
-          f"decoded by the {decoder}, on {pipeline.device}")
+          f"decoded by the {decoder}, on {pipeline.device}, {args.seeds} seeds")
 
     # the trained combinations in a fixed shuffled order, so that fewer clips than combinations
     # still mix colours, shapes and motions
@@ -122,7 +130,8 @@ def main() -> None:
         if count <= 0:
             continue
         start = time.perf_counter()
-        results[name] = evaluate(pipeline, combos, count, args.steps, scale, unguided, sampling, below)
+        results[name] = evaluate(pipeline, combos, count, args.steps, scale, unguided, sampling, below,
+                                 reporting=args.seeds == "reporting")
         seconds = time.perf_counter() - start
         print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip)")
 
@@ -136,7 +145,7 @@ def main() -> None:
             matches, count = hits.get(key, (0, 0))
             if key.startswith("unreadable: "):  # a reason is counted only where it occurs: share of all clips
                 count = hits["unreadable"][1]
-            cells.append(f"{100 * matches / count:.1f}% of {count}" if count else "-")
+            cells.append(share_with_interval(matches, count) if count else "-")
         print(f"| {key} | " + " | ".join(cells) + " |")
     print("\n| frame rate | detected speed, px/frame (mean +- sd) | trained speeds |\n|---|---|---|")
     low, high = config.data.speed_range

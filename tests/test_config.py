@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,53 @@ def test_preset_values_are_the_defaults_that_overrides_change():
     assert cpu.seed == 7 and dataclasses.replace(cpu, seed=0) == get_preset("cpu")
 
 
-def test_auto_preset_resolves_to_a_real_tier():
+def test_auto_picks_the_measured_cpu_preset_on_any_device():
     config, _ = parse_config([])
-    assert config.preset in ("cpu", "gpu")
+    assert config.preset == "cpu" and config == get_preset("cpu")
+
+
+def test_the_paper_preset_is_magicvideo_as_published():
+    paper = get_preset("paper")
+    assert paper.unet.video_trainable == "temporal"  # image weights and text encoder frozen
+    assert paper.unet.temporal_text is False and paper.unet.temporal_only_levels == ()
+    assert paper.train.video_t_min == 0 and paper.train.video_t_min_share == 1.0  # every diffusion step
+    assert paper.train.video_twin_clips is False and paper.train.video_frame1_weight == 1.0
+    assert paper.diffusion.past_frames == "noised" and paper.diffusion.video_sampling == "joint"
+    assert paper.diffusion.unguided_below == 0 and paper.diffusion.image_model_below == 0
+    assert paper.diffusion.frame_noise_correlation == 0.0
+    # where the paper is silent: the measured choices, the same as the cpu preset's
+    cpu = get_preset("cpu")
+    assert (paper.diffusion.schedule, paper.diffusion.prediction_type, paper.diffusion.guidance_scale) == (
+        cpu.diffusion.schedule, cpu.diffusion.prediction_type, cpu.diffusion.guidance_scale)
+    # the cpu preset's data, sizes and step counts, so that the two share their first two stages
+    assert (paper.data, paper.vae, paper.text) == (cpu.data, cpu.vae, cpu.text)
+    assert dataclasses.replace(paper.unet, video_trainable="all", temporal_text=True) == cpu.unet
+    for key in ("batch_size", "learning_rate", "vae_steps", "image_steps", "video_steps", "videovae_steps"):
+        assert getattr(paper.train, key) == getattr(cpu.train, key), key
+
+
+def test_the_dataclass_defaults_are_the_papers_video_settings():
+    from tiny_magicvideo.config import DiffusionConfig, TrainConfig, UNetConfig
+    paper = get_preset("paper")
+    for section, defaults in (("unet", UNetConfig()), ("diffusion", DiffusionConfig()), ("train", TrainConfig())):
+        for key in ("video_trainable", "temporal_text", "temporal_only_levels", "video_sampling", "past_frames",
+                    "unguided_below", "image_model_below", "frame_noise_correlation", "video_t_min",
+                    "video_t_min_share", "video_twin_clips", "video_frame1_weight"):
+            if hasattr(defaults, key):
+                assert getattr(defaults, key) == getattr(getattr(paper, section), key), key
+
+
+def test_every_departure_from_the_paper_says_so_where_it_is_defined():
+    lines = (Path(__file__).resolve().parents[1] / "tiny_magicvideo" / "config.py").read_text().splitlines()
+    for field_name in ("video_trainable", "temporal_text", "temporal_only_levels", "unguided_below",
+                       "video_sampling", "past_frames", "image_model_below", "frame_noise_correlation",
+                       "video_t_min", "video_twin_clips", "video_frame1_weight"):
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"    {field_name}: "))
+        above = row
+        while lines[above - 1].strip().startswith("#"):  # the comment block right above the field
+            above -= 1
+        comment = " ".join(line.strip().lstrip("#").strip() for line in lines[above:row])
+        assert "not in the paper" in comment, field_name
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -92,3 +137,21 @@ def test_abbreviations_are_not_silently_accepted(capsys):
 def test_empty_string_is_an_empty_sequence():
     config, _ = parse_config(["--preset", "smoke", "--data.held_out", ""])
     assert config.data.held_out == ()
+
+
+def test_the_ladder_climbs_from_the_paper_preset_to_the_cpu_preset():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ladder", Path(__file__).resolve().parents[1] / "benchmarks" / "ladder.py")
+    ladder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ladder)
+    paper, _ = parse_config(["--preset", "paper"])
+    top, _ = parse_config(["--preset", "paper", *ladder.row_options(len(ladder.ROWS) - 1)])
+    assert dataclasses.replace(top, preset="cpu", name="cpu") == get_preset("cpu")
+    rows = [parse_config(["--preset", "paper", *ladder.row_options(row)])[0] for row in range(len(ladder.ROWS))]
+    assert rows[0] == paper
+    for below, above, (_, _, kind) in zip(rows, rows[1:], ladder.ROWS[1:]):
+        assert below != above  # every row changes something
+        if kind == "sampling":  # and a sampling row changes nothing its video stage trains on
+            assert dataclasses.replace(above.diffusion, video_sampling=below.diffusion.video_sampling,
+                                       unguided_below=below.diffusion.unguided_below) == below.diffusion
+            assert (above.train, above.unet) == (below.train, below.unet)

@@ -138,3 +138,27 @@ def test_jitter_is_zero_for_steady_change_and_counts_a_dithered_frame():
     assert jitter(dithered) == pytest.approx((0.2 + 0.4 + 0.2) / 3)
     with pytest.raises(ValueError, match="T >= 3"):
         jitter(ramp[:, :, :2])
+
+
+def test_wilson_interval_matches_its_closed_forms_and_a_reference():
+    from tiny_magicvideo.metrics import share_with_interval, wilson_interval
+
+    # statsmodels' proportion_confint(8, 10, method="wilson"): (0.4902, 0.9433)
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    # none of n: the upper end is z^2 / (n + z^2); all of n: the lower end is n / (n + z^2)
+    assert wilson_interval(0, 40) == pytest.approx((0.0, 1.96 ** 2 / (40 + 1.96 ** 2)))
+    assert wilson_interval(40, 40)[0] == pytest.approx(40 / (40 + 1.96 ** 2))
+    assert share_with_interval(87, 100) == "87.0% (79.0-92.2) of 100"
+    with pytest.raises(ValueError, match="at least one clip"):
+        wilson_interval(0, 0)
+
+
+def test_reporting_seeds_never_overlap_tuning_seeds():
+    from tiny_magicvideo.metrics import REPORTING_SEEDS, sampling_seed
+
+    tuning = {sampling_seed(i, reporting=False) for i in range(0, REPORTING_SEEDS, 997)}
+    reporting = {sampling_seed(i, reporting=True) for i in range(0, REPORTING_SEEDS, 997)}
+    assert max(tuning) < min(reporting) and not tuning & reporting
+    assert sampling_seed(REPORTING_SEEDS - 1, reporting=False) < sampling_seed(0, reporting=True)
+    with pytest.raises(ValueError, match="outside"):
+        sampling_seed(REPORTING_SEEDS, reporting=False)  # would be the first reporting seed

@@ -45,9 +45,9 @@ def test_a_fixed_seed_gives_the_same_clips(smoke_run, eta):
 def test_clean_past_frames_change_frame_by_frame_sampling_after_frame_0(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     assert pipeline.config.diffusion.past_frames == "noised"
-    noised = pipeline("a red circle moving left", num_inference_steps=3).latents
+    noised = pipeline("a red circle moving left", num_inference_steps=3, sampling="frame_by_frame").latents
     pipeline.config.diffusion.past_frames = "clean"  # as a run trained with --diffusion.past_frames clean
-    clean = pipeline("a red circle moving left", num_inference_steps=3).latents
+    clean = pipeline("a red circle moving left", num_inference_steps=3, sampling="frame_by_frame").latents
     assert torch.equal(clean[:, :, 0], noised[:, :, 0])  # frame 0 has no past
     assert not torch.allclose(clean[:, :, 1:], noised[:, :, 1:], atol=1e-4)
 

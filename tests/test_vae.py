@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -103,6 +105,22 @@ def test_video_vae_decodes_exactly_like_the_image_vae_before_training():
             parameter.data.normal_(0, 0.1)
     with torch.no_grad():
         assert not torch.allclose(video_vae.decode_video(latents), vae.decode_video(latents), atol=1e-3)
+
+
+def test_the_control_decoder_has_no_temporal_blocks_and_decodes_each_frame_alone():
+    """vae.temporal_blocks false: the image decoder, fine-tunable on clips, that never mixes frames."""
+    image_vae = AutoencoderKL(dataclasses.replace(VAEConfig(base_channels=8), temporal_blocks=False))
+    image_vae.config.scaling_factor = 0.7
+    control = VideoVAE.from_image(image_vae)
+    assert not any(".temporal_" in name for name, _ in control.named_parameters())
+    for parameter in control.decoder.parameters():  # trained: still every frame on its own
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    latents = torch.randn(2, 4, 5, 4, 4)
+    changed = latents.clone()
+    changed[:, :, 2] += 1.0
+    with torch.no_grad():
+        moved = (control.decode_video(changed) - control.decode_video(latents)).abs().amax(dim=(0, 1, 3, 4))
+    assert moved[2] > 0 and moved[[0, 1, 3, 4]].max() == 0
 
 
 def test_video_vae_freezes_the_encoder_and_trains_the_decoder():

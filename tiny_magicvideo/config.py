@@ -1,4 +1,4 @@
-"""Configuration: one dataclass per component, three presets, and command-line overrides.
+"""Configuration: one dataclass per component, the presets, and command-line overrides.
 
 Every number that shapes a run lives here, so that `config.json` in a run directory is enough to
 rebuild it. The command line reaches every field as `--section.key value`:
@@ -67,6 +67,9 @@ class VAEConfig:
     scaling_factor: Optional[float] = None
     # VideoVAE stage: weight of the frame-difference term beside the reconstruction loss
     temporal_loss_weight: float = 1.0
+    # VideoVAE stage: the decoder's temporal blocks. false: the control (not the paper's VideoVAE),
+    # the image decoder fine-tuned on the same clips without them, to tell what they add
+    temporal_blocks: bool = True
 
 
 @dataclass
@@ -89,12 +92,14 @@ class UNetConfig:
     attention_levels: tuple[int, ...] = (1, 2)  # resolution levels with spatial transformers
     num_heads: int = 4
     # video stage: "temporal" trains only what inflation adds (adaptors, temporal attention,
-    # frame-rate embedding), as in the paper; "all" also fine-tunes the image weights and text encoder
+    # frame-rate embedding), as in the paper. "all": not in the paper; also fine-tunes the image
+    # weights and the text encoder (as Make-A-Video, Singer et al. 2022, fine-tunes its spatial layers)
     video_trainable: Literal["temporal", "all"] = "temporal"
-    # video stage: the temporal attention also cross-attends to the text (TemporalAttention)
+    # not in the paper (this project's): the temporal attention also cross-attends to the text
+    # (TemporalAttention), so that the motion words reach the layers that mix frames directly
     temporal_text: bool = False
-    # video mode: levels without a spatial transformer that get a temporal attention all the same
-    # (not in the paper, where it sits beside the spatial transformers only)
+    # not in the paper (this project's): levels without a spatial transformer that get a temporal
+    # attention all the same; the paper puts it beside the spatial transformers only
     temporal_only_levels: tuple[int, ...] = ()
 
 
@@ -110,24 +115,25 @@ class DiffusionConfig:
     text_drop_prob: float = 0.1  # classifier-free guidance: caption replaced by "" this often
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
-    # steps below this one are sampled without guidance, the conditional prediction alone (guidance in
-    # a limited interval, Kynkaenniemi et al. 2024); 0: guidance at every step
+    # not in the paper: steps below this one are sampled without guidance, the conditional prediction
+    # alone (guidance in a limited interval, Kynkaenniemi et al. 2024); 0: guidance at every step
     unguided_below: int = 0
-    # video sampling: "frame_by_frame" finishes frame 0, then frame 1 beside it, and so on, as the
-    # causal temporal attention reads a clip (GaussianDiffusion.ddim_sample_frame_by_frame);
-    # "joint" denoises all frames together, T times cheaper
-    video_sampling: Literal["frame_by_frame", "joint"] = "frame_by_frame"
+    # video sampling: "joint" denoises all frames together, as the paper does. "frame_by_frame": not
+    # in the paper; finishes frame 0, then frame 1 beside it, and so on, as the causal temporal
+    # attention reads a clip (GaussianDiffusion.ddim_sample_frame_by_frame; autoregressive sampling as
+    # in diffusion forcing, Chen et al. 2024), T times the U-Net calls
+    video_sampling: Literal["frame_by_frame", "joint"] = "joint"
     # frame by frame, the finished frames beside frame k are shown "noised" to its step, as every
-    # frame of a training clip is, or "clean": the video stage then trains with a random number of
-    # leading frames clean (GaussianDiffusion.training_loss, clean_past)
+    # frame of a training clip is, or "clean": not in the paper; the video stage then trains with
+    # clean leading frames (teacher forcing, as in diffusion forcing, Chen et al. 2024)
     past_frames: Literal["noised", "clean"] = "noised"
-    # video sampling: steps below this one are denoised by the image stage's model, each frame on its
-    # own, the steps from it up by the video model (two experts, as in eDiff-I, Balaji et al. 2022; not
-    # in MagicVideo). A video stage trained on t >= train.video_t_min only has never learned the lower
+    # not in the paper: video steps below this one are denoised by the image stage's model, each frame
+    # on its own, the steps from it up by the video model (two expert denoisers, eDiff-I, Balaji et
+    # al. 2022). A video stage trained on t >= train.video_t_min only has never learned the lower
     # steps; by then the noisy frame already shows where the object is. 0: the video model throughout
     image_model_below: int = 0
-    # video: the share of each frame's noise that all frames of a clip have in common, in training and
-    # sampling (GaussianDiffusion.noise; Ge et al. 2023, not in MagicVideo). 0: independent frames
+    # not in the paper: the share of each frame's noise that all frames of a clip have in common, in
+    # training and sampling (GaussianDiffusion.noise; mixed noise, Ge et al. 2023). 0: independent frames
     frame_noise_correlation: float = 0.0
 
 
@@ -150,18 +156,19 @@ class TrainConfig:
     image_steps: int = 6000
     video_steps: int = 6000
     videovae_steps: int = 2000
-    # video stage: draw the diffusion step t from video_t_min..T-1. The noisy frames show where
-    # the object goes at every lower t, so only the noisiest steps teach the motion words (README)
+    # not in the paper (this project's): the video stage draws the diffusion step t from
+    # video_t_min..T-1. The noisy frames show where the object goes at every lower t, so only the
+    # noisiest steps teach the motion words (README); 0: every step, as in the paper
     video_t_min: int = 0
     # ... for this share of each batch's clips; the rest draw t from 0..T-1, so that the new layers
     # also learn to leave the low-noise steps (the shapes' detail) alone
     video_t_min_share: float = 1.0
-    # video stage with diffusion.past_frames clean: each clip beside its noisy twin, so that every frame
-    # is trained on with its clean past at once (GaussianDiffusion.twin_training_loss; twice the frames
-    # a step), rather than one random number of clean leading frames per clip
+    # not in the paper (this project's, after diffusion forcing's teacher forcing): with
+    # diffusion.past_frames clean, each clip beside its noisy twin, so that every frame is trained on
+    # with its clean past at once (GaussianDiffusion.twin_training_loss; twice the frames a step)
     video_twin_clips: bool = False
-    # ... and frame 1's loss weighs this much, the other frames' 1: beside its clean past, frame k >= 2
-    # sees which way the object goes; frame 1 learns it from the direction word alone
+    # not in the paper (this project's): frame 1's loss weighs this much, the other frames' 1. Beside
+    # its clean past, frame k >= 2 sees which way the object goes; frame 1 learns it from the word alone
     video_frame1_weight: float = 1.0
     log_every: int = 50
     sample_every: int = 1000
@@ -208,16 +215,13 @@ SECTIONS = ("data", "vae", "text", "unet", "diffusion", "train")
 # Presets. Each one is a function of no arguments returning a fresh Config.
 
 
-# The presets' diffusion settings, measured on the cpu preset (README): the scaling factor gives the
-# latents unit spread but not zero mean (the dark background encodes to a constant), and the
-# scaled-linear schedule leaves sqrt(0.0047) of that mean at t = T, where sampling starts from pure
-# noise. The cosine schedule leaves none; it pairs with v-prediction. Guidance 2 did best.
-# The video model samples frame by frame beside clean finished frames, and as its stage trains on
-# t >= 700 only (train.video_t_min), the image stage's model takes the steps below 700, unguided:
-# guided there, it pinched the squares' sides (README).
-def latent_diffusion() -> DiffusionConfig:
-    return DiffusionConfig(schedule="cosine", prediction_type="v_prediction", guidance_scale=2.0,
-                           unguided_below=700, past_frames="clean", image_model_below=700)
+# The schedule, the prediction target and the guidance scale: MagicVideo builds on LDM and does not
+# give them, so every preset takes what was measured on the cpu preset (README): the scaling factor
+# gives the latents unit spread but not zero mean (the dark background encodes to a constant), and
+# the scaled-linear schedule leaves sqrt(0.0047) of that mean at t = T, where sampling starts from
+# pure noise. The cosine schedule leaves none; it pairs with v-prediction. Guidance 2 did best.
+def latent_diffusion(**video_settings) -> DiffusionConfig:
+    return DiffusionConfig(schedule="cosine", prediction_type="v_prediction", guidance_scale=2.0, **video_settings)
 
 
 def smoke_preset() -> Config:
@@ -238,24 +242,41 @@ def smoke_preset() -> Config:
     return config
 
 
-def cpu_preset() -> Config:
-    """The laptop tier: 64x64 frames, 8-frame clips; about an hour on 2 cores (README)."""
-    config = Config(preset="cpu", name="cpu")
+def paper_preset() -> Config:
+    """MagicVideo as published, at the cpu preset's data, sizes and step counts: the video stage
+    trains only the frame adaptors, the directed temporal attention and the frame-rate embedding
+    (image weights and text encoder frozen), on every diffusion step of all-noisy clips; sampling
+    denoises all frames jointly with the video model, guided at every step. The dataclass defaults
+    are the paper's, so every field left alone here is."""
+    config = Config(preset="paper", name="paper")
     # 1.5-2 px a frame at 8 fps (stride 1), 3-4 px a frame at 4 fps (stride 2)
     config.data = DataConfig(image_size=64, num_frames=8, speed_range=(1.5, 2.0), frame_strides=(1, 2))
-    # temporal_text: the motion words reach the temporal attention directly; video_trainable all:
-    # with the image weights frozen the video model did worse on every measure (README, text-to-video)
-    config.unet = UNetConfig(base_channels=32, temporal_text=True, video_trainable="all")
+    config.unet = UNetConfig(base_channels=32)
     config.diffusion = latent_diffusion()
-    # video stage: only the noisiest steps (t >= 700) teach the direction word, and the new layers,
-    # which start at zero, need a larger step than the image stage (the reused weights keep the
-    # default video_reused_learning_rate, 2e-4); twin clips, 4 a step: 64 frames, as 8 plain clips;
-    # frame 1, where the direction word decides, weighs 4 frames (README); 2000 steps. Fewer steps in
-    # every stage (vae 1000, image 3500, video 1600) lost the shapes and the direction (README).
-    # videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
+    # the new layers start at zero and need a larger step than the image stage; 8 clips a step, 64
+    # frames. Fewer steps in every stage (vae 1000, image 3500, video 1600) lost the shapes and the
+    # direction (README). videovae_steps: 500 batches of 8 clips, 10.4 minutes on 2 CPU cores (README)
     config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_learning_rate=1e-3,
-                               video_t_min=700, video_steps=2000, video_batch_size=4, video_twin_clips=True,
-                               video_frame1_weight=4.0, videovae_steps=500)
+                               video_steps=2000, videovae_steps=500)
+    return config
+
+
+def cpu_preset() -> Config:
+    """The laptop tier: the paper preset plus the changes that made its clips follow the motion words
+    (README, the ladder from paper to cpu); about an hour on 2 cores."""
+    config = paper_preset()
+    config.preset = config.name = "cpu"
+    # temporal_text: the motion words reach the temporal attention directly; video_trainable all:
+    # with the image weights frozen the video model did worse on every measure (README)
+    config.unet = dataclasses.replace(config.unet, temporal_text=True, video_trainable="all")
+    # frame by frame beside clean finished frames; as the video stage trains on t >= 700 only, the image
+    # stage's model takes the steps below 700, unguided: guided there, it pinched the squares' sides
+    config.diffusion = latent_diffusion(video_sampling="frame_by_frame", past_frames="clean",
+                                        image_model_below=700, unguided_below=700)
+    # only the noisiest steps (t >= 700) teach the direction word; twin clips, 4 a step: 64 frames, as
+    # 8 plain clips; frame 1, where the direction word decides, weighs 4 frames (README)
+    config.train = dataclasses.replace(config.train, video_t_min=700, video_batch_size=4, video_twin_clips=True,
+                                       video_frame1_weight=4.0)
     return config
 
 
@@ -270,7 +291,8 @@ def gpu_preset() -> Config:
     # image_model_below as in the cpu preset, where they were measured; not yet on a GPU
     config.unet = UNetConfig(base_channels=128, channel_mults=(1, 2, 4), num_res_blocks=2, num_heads=8,
                              temporal_text=True, video_trainable="all")
-    config.diffusion = latent_diffusion()
+    config.diffusion = latent_diffusion(video_sampling="frame_by_frame", past_frames="clean",
+                                        image_model_below=700, unguided_below=700)
     config.train = TrainConfig(
         batch_size=64, vae_steps=20_000, image_steps=60_000, video_steps=60_000, video_t_min=700,
         video_batch_size=4, video_twin_clips=True, video_frame1_weight=4.0, videovae_steps=20_000,
@@ -280,13 +302,12 @@ def gpu_preset() -> Config:
 
 
 def auto_preset() -> Config:
-    """`gpu` where CUDA is available, else `cpu`."""
-    import torch
+    """`cpu` on any device, the measured preset (on a GPU its run takes minutes), until the `gpu`
+    preset's quality has been measured; `--preset gpu` picks that one by name."""
+    return cpu_preset()
 
-    return gpu_preset() if torch.cuda.is_available() else cpu_preset()
 
-
-PRESETS = {"smoke": smoke_preset, "cpu": cpu_preset, "gpu": gpu_preset, "auto": auto_preset}
+PRESETS = {"smoke": smoke_preset, "paper": paper_preset, "cpu": cpu_preset, "gpu": gpu_preset, "auto": auto_preset}
 
 
 def get_preset(name: str) -> Config:
@@ -383,8 +404,9 @@ def build_parser(defaults: Config, description: str = "") -> argparse.ArgumentPa
     """A parser whose options are the fields of `defaults`, each defaulting to its value there."""
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--preset", default="auto", choices=list(PRESETS),
-                        help="the base configuration that the options below override "
-                             "(default: auto = gpu if CUDA is available, else cpu)")
+                        help="the base configuration that the options below override (default: auto = "
+                             "cpu, the measured preset; paper = MagicVideo as published). An existing run "
+                             "keeps its own: python train.py --name NAME continues it")
     for name, value_type, default in _fields(defaults):
         if name == "preset":
             continue

@@ -285,6 +285,41 @@ def agreement(detections: list[Detection], truths: list[dict]) -> dict[str, floa
 
 
 # ---------------------------------------------------------------------------------------------
+# Reporting a share of sampled clips: its interval, and seeds nothing was tuned on.
+
+# The benchmarks sample clip i with seed TUNING_SEEDS + i while settings are being chosen (every
+# figure before 2026-12-02 used these), and with REPORTING_SEEDS + i for the figures a setting is
+# reported with: a range that no setting was ever chosen on.
+TUNING_SEEDS, REPORTING_SEEDS = 0, 1_000_000
+
+
+def sampling_seed(index: int, reporting: bool) -> int:
+    """The seed of clip `index` in the reporting or the tuning range; the two never overlap."""
+    if not 0 <= index < REPORTING_SEEDS - TUNING_SEEDS:
+        raise ValueError(f"clip index {index} is outside 0..{REPORTING_SEEDS - TUNING_SEEDS - 1}, where the "
+                         f"tuning and reporting seed ranges stay apart")
+    return (REPORTING_SEEDS if reporting else TUNING_SEEDS) + index
+
+
+def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a share p = successes / count (95% for z = 1.96):
+    (p + z^2 / 2n -+ z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n). Unlike p -+ z sqrt(p (1-p) / n),
+    it stays inside [0, 1] and is not zero wide at 0% or 100%."""
+    if count <= 0:
+        raise ValueError(f"an interval needs at least one clip, got {count}")
+    p, n = successes / count, count
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+
+def share_with_interval(successes: int, count: int) -> str:
+    """'87.0% (79.0-92.2) of 100': the share, its 95% Wilson interval and the count."""
+    low, high = wilson_interval(successes, count)
+    return f"{100 * successes / count:.1f}% ({100 * low:.1f}-{100 * high:.1f}) of {count}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Reconstruction quality.
 
 

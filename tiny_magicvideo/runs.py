@@ -193,7 +193,7 @@ def inputs_of(run_dir: Path, stage: str) -> dict[str, str]:
 def check_built_on(run_dir: Path, stage: str, path: Path, built_on: dict) -> None:
     """Refuse a file of `stage` (weights or state) built on other weights than its input stages' now."""
     current = inputs_of(run_dir, stage)
-    changed = [name for name, print_ in built_on.items() if current.get(name) != print_]
+    changed = [name for name, recorded in built_on.items() if current.get(name) != recorded]
     if changed:
         stale = stale_stages(run_dir)
         raise ValueError(
@@ -212,7 +212,7 @@ def stale_stages(run_dir: Path) -> list[str]:
                 continue
             built_on = read_record(path)["built_on"]
             current = {name: stage_fingerprint(run_dir, name) for name in built_on}
-            if any(name in stale or current[name] != print_ for name, print_ in built_on.items()):
+            if any(name in stale or current[name] != recorded for name, recorded in built_on.items()):
                 stale.append(stage)
                 break
     return stale
@@ -287,7 +287,7 @@ RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
                     "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
                     "diffusion.past_frames": "video",
-                    "vae.temporal_loss_weight": "videovae"}
+                    "vae.temporal_loss_weight": "videovae", "vae.temporal_blocks": "videovae"}
 
 
 def continue_run(run_dir: Path, requested: Config) -> Config:
@@ -295,8 +295,8 @@ def continue_run(run_dir: Path, requested: Config) -> Config:
     the run has measured already.
 
     Changing a setting that a started stage's checkpoints depend on is an error naming the fields;
-    anything else may change: the train section (learning rates and step counts apply from the
-    resumed step on, and are printed) and the sections of stages not started yet.
+    anything else may change: the train section and the seed (they apply to what is trained from
+    here on, and are printed) and the sections of stages not started yet.
     """
     saved = existing_run_config(run_dir)
     if saved is None:
@@ -314,8 +314,8 @@ def continue_run(run_dir: Path, requested: Config) -> Config:
                          f"stages {', '.join(started_stages)} depend on them; start a new run with "
                          f"--name NEW, or drop those options")
     for key in new:
-        if key.startswith("train.") and old.get(key) != new[key]:
-            print(f"{key} {old.get(key)} -> {new[key]} (from each stage's next step on)")
+        if (key.startswith("train.") or key == "seed") and old.get(key) != new[key]:
+            print(f"{key} {old.get(key)} -> {new[key]} (for what is trained from here on)")
     merged = Config.from_dict(requested.to_dict())
     merged.vae.scaling_factor = saved.vae.scaling_factor
     return merged

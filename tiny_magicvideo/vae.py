@@ -244,8 +244,10 @@ class VideoDecoder(Decoder):
     def __init__(self, config: VAEConfig):
         super().__init__(config)
         channels = level_channels(config)[::-1]
-        self.temporal_middle = TemporalConvBlock(channels[0])
-        self.temporal_levels = nn.ModuleList(TemporalConvBlock(width) for width in channels)
+        # vae.temporal_blocks false: the control, the image decoder fine-tuned on clips as it is
+        block = TemporalConvBlock if config.temporal_blocks else NoTemporalBlock
+        self.temporal_middle = block(channels[0])
+        self.temporal_levels = nn.ModuleList(block(width) for width in channels)
 
     def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         """z (B*T, c, h, w), the frames of B clips in order -> (B*T, 3, H, W)."""
@@ -253,6 +255,16 @@ class VideoDecoder(Decoder):
         for level, temporal in zip(self.levels, self.temporal_levels):
             h = temporal(level(h), num_frames)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class NoTemporalBlock(nn.Module):
+    """In place of a TemporalConvBlock in the control decoder: every frame decoded on its own."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+    def forward(self, h: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return h
 
 
 class VideoVAE(AutoencoderKL):
