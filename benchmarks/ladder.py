@@ -55,6 +55,7 @@ def main() -> None:
     if not 0 <= args.row < len(ROWS):
         sys.exit(f"error: --row {args.row}: the rows are 0 to {len(ROWS) - 1}")
     import train  # after the argument checks: importing torch takes seconds
+    from tiny_magicvideo.config import get_preset
 
     base = Path(args.base)
     name = f"ladder-{args.row}" + (f"-seed{args.seed}" if args.seed else "")
@@ -67,8 +68,10 @@ def main() -> None:
             files.append("unet.pt")
         for file in files:
             shutil.copy2(source / file, run_dir / file)
+    # the paper preset's video steps, whatever the base run was asked for; no VideoVAE stage
+    video_steps = str(get_preset("paper").train.video_steps)
     options = ["--runs_dir", str(run_dir.parent), "--name", name, "--seed", str(args.seed),
-               "--train.videovae_steps", "0", *row_options(args.row)]
+               "--train.video_steps", video_steps, "--train.videovae_steps", "0", *row_options(args.row)]
     print(f"{ROWS[args.row][0]}: python train.py {' '.join(options)}")
     train.main(options)
 
