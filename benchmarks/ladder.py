@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,7 +55,6 @@ def main() -> None:
         return
     if not 0 <= args.row < len(ROWS):
         sys.exit(f"error: --row {args.row}: the rows are 0 to {len(ROWS) - 1}")
-    import train  # after the argument checks: importing torch takes seconds
     from tiny_magicvideo.config import get_preset
 
     base = Path(args.base)
@@ -73,7 +73,7 @@ def main() -> None:
     options = ["--runs_dir", str(run_dir.parent), "--name", name, "--seed", str(args.seed),
                "--train.video_steps", video_steps, "--train.videovae_steps", "0", *row_options(args.row)]
     print(f"{ROWS[args.row][0]}: python train.py {' '.join(options)}")
-    train.main(options)
+    sys.exit(subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *options]).returncode)
 
 
 if __name__ == "__main__":
