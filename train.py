@@ -25,7 +25,7 @@ from tiny_magicvideo.pipeline import (TextToVideo, load_image_model, save_video,
                                       text_to_video_model, tile_clips)
 from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock, check_built_on,
                                   checkpoint_step, continue_run, dependent_stages, existing_run_config,
-                                  inputs_of, read_record, remove_stages, stale_stages, train_command,
+                                  inputs_of, remove_stages, stale_stages, train_command,
                                   write_text_atomically)
 from tiny_magicvideo.training import (Stage, TrainingDiverged, read_log, resolve_device, stage_seed, train_stage,
                                       write_log)
@@ -327,8 +327,8 @@ def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: t
         if steps == 0:
             print(f"stage {name}: skipped (train.{name}_steps 0)")
             continue
-        if weights.is_file():  # trained on since? built on weights that have changed since?
-            check_built_on(run_dir, name, weights, read_record(weights)["built_on"])
+        if weights.is_file():  # built on weights that have changed since?
+            check_built_on(run_dir, name, weights)
         if checkpoint_step(weights) >= steps:
             print(f"stage {name}: finished ({weights}, step {checkpoint_step(weights)}); raise "
                   f"--train.{name}_steps to train on")

@@ -24,7 +24,7 @@ from .config import Config
 from .data import frame_rates, video_to_frames
 from .diffusion import GaussianDiffusion, classifier_free_guidance
 from .text import TextEncoder
-from .runs import WEIGHTS_FILES, check_built_on, load_run_config, load_weights, read_record, train_command
+from .runs import WEIGHTS_FILES, check_built_on, load_run_config, load_weights, train_command
 from .training import resolve_device
 from .unet3d import UNet3D
 from .vae import AutoencoderKL, load_vae, load_video_vae
@@ -104,7 +104,7 @@ class TextToVideo:
         for used in [stage] + (["videovae"] if decoder == "video" else []):
             path = run_dir / WEIGHTS_FILES[used]
             if path.is_file():
-                check_built_on(run_dir, used, path, read_record(path)["built_on"])
+                check_built_on(run_dir, used, path)
         vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
         return cls(vae, model["text_encoder"], model["unet"], config, image_model)
 

@@ -190,8 +190,9 @@ def inputs_of(run_dir: Path, stage: str) -> dict[str, str]:
     return {name: stage_fingerprint(run_dir, name) for name in STAGE_INPUTS[stage]}
 
 
-def check_built_on(run_dir: Path, stage: str, path: Path, built_on: dict) -> None:
+def check_built_on(run_dir: Path, stage: str, path: Path) -> None:
     """Refuse a file of `stage` (weights or state) built on other weights than its input stages' now."""
+    built_on = read_record(path)["built_on"]
     current = inputs_of(run_dir, stage)
     changed = [name for name, recorded in built_on.items() if current.get(name) != recorded]
     if changed:

@@ -191,7 +191,7 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
     loss_sum, loss_count = 0.0, 0  # every step's loss so far: their mean is the yardstick for divergence
     if state_path.is_file():
         state = load_checkpoint(state_path, ("model", "ema", "optimizer", "step", "generator", "seconds"))
-        check_built_on(run_dir, stage.name, state_path, state.get("built_on", built_on))
+        check_built_on(run_dir, stage.name, state_path)
         step = int(state["step"])
         if step > stage.num_steps:
             raise ValueError(f"{state_path} is at step {step}, past train.{stage.name}_steps {stage.num_steps}; "
@@ -259,10 +259,12 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
     # the one kept after a divergence never holds weights that had already blown up.
     checkpoint_due = False
     for batch in stage.batches(step):
-        generator_state = generator.get_state()  # before this step's draws: what a checkpoint of `step` holds
+        # before this step's draws: what a checkpoint of `step`, due now, holds
+        generator_state = generator.get_state() if checkpoint_due else None
         with autocast:
             loss, values = stage.loss(batch, generator)
-        check_loss(loss.item())
+        loss_value = loss.item()  # one host sync a step
+        check_loss(loss_value)
         if checkpoint_due:
             save_state(generator_state)
             checkpoint_due = False
@@ -273,13 +275,13 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
         optimizer.step()
         ema.update_parameters(model)
         step += 1
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        progress.set_postfix(loss=f"{loss_value:.4f}")
 
         if step % settings.log_every == 0 or step == stage.num_steps:
             seconds = f"{elapsed():.1f}"
-            for name, value in {"loss": loss.item(), **values}.items():
+            for name, value in {"loss": loss_value, **values}.items():
                 log_rows.append({"stage": stage.name, "step": step, "seconds": seconds,
                                  "name": name, "value": f"{value:.6g}"})
             write_log(run_dir, log_rows)
