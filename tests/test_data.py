@@ -146,6 +146,13 @@ def test_bad_data_configs_raise_clear_errors(changes, message):
         MovingShapes(DataConfig(**changes))
 
 
+def test_sample_clip_checks_a_hand_built_config():
+    # lesson 5's 16 px frames with 6 frames at 1.7 px/frame do not fit: the data error, not numpy's
+    config = DataConfig(image_size=16, num_frames=6, speed_range=(1.5, 1.7), size_range=(0.19, 0.2), held_out=())
+    with pytest.raises(ValueError, match="a clip does not fit"):
+        sample_clip(config, "train", 0)
+
+
 def test_unknown_split_is_an_error():
     with pytest.raises(ValueError, match="unknown split 'test'"):
         MovingShapes(DataConfig(), split="test")

@@ -345,6 +345,10 @@ def _draw_object(config: DataConfig, colour: str, shape: str, motion: str, strid
     # the start range that keeps both ends of the path inside [margin, size - margin]
     low = margin - np.minimum(travel, 0)
     high = size - margin - np.maximum(travel, 0)
+    if (high < low).any():  # a config built by hand, not through check_data_config
+        raise ValueError(f"a clip does not fit: a {shape} of radius {radius:.1f} px moving {motion} at {speed:.2f} "
+                         f"px/frame for {config.num_frames} frames leaves a {size} px frame; lower "
+                         f"data.speed_range or data.num_frames, or raise data.image_size (check_data_config)")
     start = tuple(float(v) for v in rng.uniform(low, high))
     return ShapeObject(colour, shape, motion, speed, radius, start)
 
