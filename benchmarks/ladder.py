@@ -42,6 +42,11 @@ def row_options(row: int) -> list[str]:
     return [option for _, options, _ in ROWS[1:row + 1] for option in options]
 
 
+def run_name(row: int, seed: int) -> str:
+    """runs/ladder-3, or runs/ladder-3-seed1 for a second training."""
+    return f"ladder-{row}" + (f"-seed{seed}" if seed else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="runs/paper", help="a run whose vae and image stages are finished")
@@ -58,19 +63,21 @@ def main() -> None:
     from tiny_magicvideo.config import get_preset
 
     base = Path(args.base)
-    name = f"ladder-{args.row}" + (f"-seed{args.seed}" if args.seed else "")
-    run_dir = base.parent / name
+    run_dir = base.parent / run_name(args.row, args.seed)
     if not (run_dir / "config.json").is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         source, files = base, ["config.json", "vae.pt", "unet_image.pt"]
-        if ROWS[args.row][2] == "sampling":  # the row above's run and video model, sampled another way
-            source = base.parent / (f"ladder-{args.row - 1}" + (f"-seed{args.seed}" if args.seed else ""))
+        above = base.parent / run_name(args.row - 1, args.seed)
+        if ROWS[args.row][2] == "sampling" and (above / "unet.pt").is_file():
+            # the row above's run and video model, sampled another way; without it (a second seed of
+            # the last row, say) the video stage trains here, as the row above's would
+            source = above
             files.append("unet.pt")
         for file in files:
             shutil.copy2(source / file, run_dir / file)
     # the paper preset's video steps, whatever the base run was asked for; no VideoVAE stage
     video_steps = str(get_preset("paper").train.video_steps)
-    options = ["--runs_dir", str(run_dir.parent), "--name", name, "--seed", str(args.seed),
+    options = ["--runs_dir", str(run_dir.parent), "--name", run_dir.name, "--seed", str(args.seed),
                "--train.video_steps", video_steps, "--train.videovae_steps", "0", *row_options(args.row)]
     print(f"{ROWS[args.row][0]}: python train.py {' '.join(options)}")
     sys.exit(subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *options]).returncode)
