@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> Path:
         seen = detect(clip)
         hit = (seen.colour, seen.shape, seen.direction) == (colour, shape, motion)
         right += hit
-        tag = " (held out)" if (colour, shape, motion) in held_out else ""
+        held = (colour, shape, motion) in held_out
         read = f"{seen.colour} {seen.shape} {seen.direction}" if not seen.reason else "unreadable"
-        labels.append(f"{colour} {shape} {motion}{tag.replace(' (', ', ').rstrip(')')}\nread: {read}")
-        print(f"{prompt}{tag}: the detector reads {read} ({'right' if hit else 'wrong'})")
+        labels.append(f"{colour} {shape} {motion}{', held out' if held else ''}\nread: {read}")
+        print(f"{prompt}{' (held out)' if held else ''}: the detector reads {read} ({'right' if hit else 'wrong'})")
     path = save_video(labelled_frames(frames, labels, args.scale), args.out, fps=pipeline.config.data.fps)
     print(f"{right} of {len(combos)} clips show all three; wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
