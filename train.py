@@ -21,16 +21,15 @@ from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_vide
                                   sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
-from tiny_magicvideo.pipeline import (TextToVideo, load_image_model, save_video, text_to_image_model,
-                                      text_to_video_model, tile_clips)
+from tiny_magicvideo.pipeline import TextToVideo, save_video, tile_clips
 from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock, check_built_on,
                                   checkpoint_step, continue_run, dependent_stages, existing_run_config,
-                                  inputs_of, remove_stages, stale_stages, train_command,
+                                  inputs_of, load_image_model, load_vae, remove_stages, resolve_device,
+                                  stale_stages, text_to_image_model, text_to_video_model, train_command,
                                   write_text_atomically)
-from tiny_magicvideo.training import (Stage, TrainingDiverged, read_log, resolve_device, stage_seed, train_stage,
-                                      write_log)
+from tiny_magicvideo.training import Stage, TrainingDiverged, read_log, stage_seed, train_stage, write_log
 from tiny_magicvideo.unet3d import set_trainable
-from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, load_vae, measure_scaling_factor
+from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, measure_scaling_factor
 
 
 def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
@@ -169,7 +168,7 @@ def draw_image_grid(images: np.ndarray, titles, path: Path, columns: int = 4) ->
 
 def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
-    model = text_to_video_model(load_image_model(run_dir, config, device), config)  # the image stage's EMA weights
+    model = text_to_video_model(load_image_model(run_dir, device), config)  # the image stage's EMA weights
     text_encoder, unet = model["text_encoder"], model["unet"]
     trainable = config.unet.video_trainable
     set_trainable(unet, trainable)
@@ -177,7 +176,7 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     diffusion = GaussianDiffusion(config.diffusion)
     # for the samples' low steps (diffusion.image_model_below): a copy of the image stage's model, as the
     # video stage trains the one it inflated
-    expert = load_image_model(run_dir, config, device)
+    expert = load_image_model(run_dir, device)
 
     def batches(start_step: int):
         return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
@@ -188,13 +187,12 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
         with torch.no_grad():
             latents = vae.encode_video(video)  # (B, 4, T, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
-        steps = {"t_min": config.train.video_t_min, "t_min_share": config.train.video_t_min_share}
-        if config.train.video_twin_clips:
+        if config.train.video_twin_clips:  # each clip clean beside its noisy twin (diffusion.past_frames clean)
             return diffusion.twin_training_loss(lambda x, t, **layout: unet(x, t, context, mask, fps=fps, **layout),
-                                                latents, generator, **steps,
-                                                frame1_weight=config.train.video_frame1_weight), {}
+                                                latents, generator, config.train.video_t_min,
+                                                config.train.video_frame1_weight), {}
         return diffusion.training_loss(lambda x, t: unet(x, t, context, mask, fps=fps), latents, generator,
-                                       clean_past=config.diffusion.past_frames == "clean", **steps), {}
+                                       config.train.video_t_min), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
@@ -297,9 +295,13 @@ def stage_list(text: str) -> tuple[str, ...]:
 
 def check_video_options(config: Config) -> None:
     """The video stage's options that only make sense together: checked here, not an hour in."""
+    # sampling beside clean finished frames is what twin clips train for, and twin clips are how it is trained
     if config.train.video_twin_clips and config.diffusion.past_frames != "clean":
         raise ValueError("train.video_twin_clips trains on clean past frames, but diffusion.past_frames "
                          f"is {config.diffusion.past_frames!r}; add --diffusion.past_frames clean")
+    if config.diffusion.past_frames == "clean" and not config.train.video_twin_clips:
+        raise ValueError("diffusion.past_frames clean samples each frame beside clean finished ones, which the "
+                         "video stage trains for with twin clips; add --train.video_twin_clips true")
     frame1_weight = config.train.video_frame1_weight
     if frame1_weight != 1.0 and not config.train.video_twin_clips:
         raise ValueError(f"train.video_frame1_weight {frame1_weight} weighs the twin clips' frame 1; "

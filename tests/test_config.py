@@ -46,12 +46,11 @@ def test_auto_picks_the_measured_cpu_preset_on_any_device():
 def test_the_paper_preset_is_magicvideo_as_published():
     paper = get_preset("paper")
     assert paper.unet.video_trainable == "temporal"  # image weights and text encoder frozen
-    assert paper.unet.temporal_text is False and paper.unet.temporal_only_levels == ()
-    assert paper.train.video_t_min == 0 and paper.train.video_t_min_share == 1.0  # every diffusion step
+    assert paper.unet.temporal_text is False
+    assert paper.train.video_t_min == 0  # every diffusion step
     assert paper.train.video_twin_clips is False and paper.train.video_frame1_weight == 1.0
     assert paper.diffusion.past_frames == "noised" and paper.diffusion.video_sampling == "joint"
     assert paper.diffusion.unguided_below == 0 and paper.diffusion.image_model_below == 0
-    assert paper.diffusion.frame_noise_correlation == 0.0
     # where the paper is silent: the measured choices, the same as the cpu preset's
     cpu = get_preset("cpu")
     assert (paper.diffusion.schedule, paper.diffusion.prediction_type, paper.diffusion.guidance_scale) == (
@@ -67,18 +66,16 @@ def test_the_dataclass_defaults_are_the_papers_video_settings():
     from tiny_magicvideo.config import DiffusionConfig, TrainConfig, UNetConfig
     paper = get_preset("paper")
     for section, defaults in (("unet", UNetConfig()), ("diffusion", DiffusionConfig()), ("train", TrainConfig())):
-        for key in ("video_trainable", "temporal_text", "temporal_only_levels", "video_sampling", "past_frames",
-                    "unguided_below", "image_model_below", "frame_noise_correlation", "video_t_min",
-                    "video_t_min_share", "video_twin_clips", "video_frame1_weight"):
+        for key in ("video_trainable", "temporal_text", "video_sampling", "past_frames", "unguided_below",
+                    "image_model_below", "video_t_min", "video_twin_clips", "video_frame1_weight"):
             if hasattr(defaults, key):
                 assert getattr(defaults, key) == getattr(getattr(paper, section), key), key
 
 
 def test_every_departure_from_the_paper_says_so_where_it_is_defined():
     lines = (Path(__file__).resolve().parents[1] / "tiny_magicvideo" / "config.py").read_text().splitlines()
-    for field_name in ("video_trainable", "temporal_text", "temporal_only_levels", "unguided_below",
-                       "video_sampling", "past_frames", "image_model_below", "frame_noise_correlation",
-                       "video_t_min", "video_twin_clips", "video_frame1_weight"):
+    for field_name in ("video_trainable", "temporal_text", "unguided_below", "video_sampling", "past_frames",
+                       "image_model_below", "video_t_min", "video_twin_clips", "video_frame1_weight"):
         row = next(i for i, line in enumerate(lines) if line.startswith(f"    {field_name}: "))
         above = row
         while lines[above - 1].strip().startswith("#"):  # the comment block right above the field
@@ -126,6 +123,26 @@ def test_help_lists_every_field_with_its_default():
 def test_from_dict_rejects_wrong_types_and_unknown_keys(values, message):
     with pytest.raises(ValueError, match=message):
         Config.from_dict(values)
+
+
+@pytest.mark.parametrize("option", ["image_model_below", "unguided_below"])
+@pytest.mark.parametrize("step", [-1, 1001])
+def test_a_step_option_outside_0_to_T_is_an_error_that_says_what_the_ends_mean(option, step):
+    with pytest.raises(ValueError, match=rf"diffusion.{option} {step} is not a step: use 0 \(.+\) to 1000 \(.+\)"):
+        parse_config(["--preset", "smoke", f"--diffusion.{option}", str(step)])
+    parse_config(["--preset", "smoke", f"--diffusion.{option}", "1000"])  # the last end is allowed
+
+
+def test_an_old_config_with_a_removed_option_loads_where_it_was_off_and_is_refused_where_it_was_on():
+    values = get_preset("smoke").to_dict()
+    off = dict(values, unet=dict(values["unet"], temporal_only_levels=[]),
+               diffusion=dict(values["diffusion"], frame_noise_correlation=0.0),
+               train=dict(values["train"], video_t_min_share=1.0))
+    assert Config.from_dict(off) == get_preset("smoke")
+    on = dict(values, diffusion=dict(values["diffusion"], frame_noise_correlation=0.3))
+    with pytest.raises(ValueError, match="diffusion.frame_noise_correlation is 0.3, an option this version no "
+                                         "longer has .* start a new run with --name NEW"):
+        Config.from_dict(on)
 
 
 def test_abbreviations_are_not_silently_accepted(capsys):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import train
-from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip
-from tiny_magicvideo.runs import load_run_config
+from tiny_magicvideo.config import DiffusionConfig
+from tiny_magicvideo.diffusion import GaussianDiffusion
+from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip, two_experts
 from tiny_magicvideo.vae import VideoVAE
 
 
@@ -65,11 +66,37 @@ def test_the_image_model_takes_the_low_steps_where_the_run_says(smoke_run):
         assert not torch.allclose(sample(0, sampling), sample(600, sampling), atol=1e-3)
     # the image model throughout: no frame sees another, so the two sampling orders agree
     assert torch.allclose(sample(1000), sample(1000, "joint"), atol=1e-5)
-    with pytest.raises(ValueError, match="image_model_below=1001 is not a step"):
+    with pytest.raises(ValueError, match="image_model_below 1001 is not a step"):
         sample(1001)
     without = TextToVideo(pipeline.vae, pipeline.text_encoder, pipeline.unet, pipeline.config)
     with pytest.raises(ValueError, match="image_model_below=600: this pipeline has no image model"):
         without("a red circle", num_inference_steps=3, image_model_below=600)
+
+
+@pytest.mark.parametrize("clean_past", [False, True])
+def test_two_experts_hand_frame_k_alone_to_the_image_model_below_the_step(clean_past):
+    d = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    noise = torch.randn(2, 3, 3, 5, 5, generator=torch.Generator().manual_seed(0))  # (B, C, T, H, W)
+    video_steps, image_calls = [], []
+
+    def video_model(x, t):
+        video_steps.append(int(t[0].max()))  # the step of the frame being drawn
+        return 0.5 * x
+
+    def image_model(x, t):
+        image_calls.append((x.shape, t.tolist()))
+        return 0.25 * x
+
+    timesteps = d.ddim_timesteps(6).tolist()  # 999, 799, ..., 0
+    d.ddim_sample_frame_by_frame(two_experts(video_model, image_model, 500), noise, 6, progress=False,
+                                 clean_past=clean_past)
+    assert video_steps == [s for s in timesteps if s >= 500] * 3  # each frame's noisiest steps
+    assert image_calls == [((2, 3, 1, 5, 5), [s, s]) for s in timesteps if s < 500] * 3  # frame k on its own
+    image_calls.clear()
+    video_steps.clear()
+    d.ddim_sample(two_experts(video_model, image_model, 500), noise, 6, progress=False)  # jointly: the whole clip
+    assert video_steps == [s for s in timesteps if s >= 500]
+    assert image_calls == [((2, 3, 3, 5, 5), [s, s]) for s in timesteps if s < 500]
 
 
 def test_unguided_below_changes_only_the_steps_below_it(smoke_run):
@@ -83,7 +110,7 @@ def test_unguided_below_changes_only_the_steps_below_it(smoke_run):
     assert torch.equal(sample(None), sample(0))  # the run's setting: guidance at every step
     assert not torch.allclose(sample(0), sample(600), atol=1e-3)  # of the steps 999, 500 and 0, the last two
     assert torch.equal(sample(1000), sample(0, guidance_scale=1.0))  # no guidance at all
-    with pytest.raises(ValueError, match="unguided_below=-1 is not a step"):
+    with pytest.raises(ValueError, match="unguided_below -1 is not a step"):
         sample(-1)
 
 

@@ -62,31 +62,34 @@ def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
         train.main(args + ["--unet.video_trainable", "temporal"])
 
 
-def test_video_stage_trains_for_clean_past_frames_and_keeps_the_choice(tmp_path):
+def test_video_stage_trains_twin_clips_for_clean_past_frames_and_keeps_the_choice(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
             "--train.image_steps", "2", "--train.video_steps", "2", "--train.videovae_steps", "0"]
+    twin = ["--diffusion.past_frames", "clean", "--train.video_twin_clips", "true"]
     # image_model_below: the sample GIFs take the image stage's model for the low steps
-    run_dir = train.main(args + ["--diffusion.past_frames", "clean", "--diffusion.image_model_below", "500"])
+    run_dir = train.main(args + twin + ["--diffusion.image_model_below", "500"])
     assert checkpoint_step(run_dir / "unet.pt") == 2 and (run_dir / "samples" / "video_000002.gif").is_file()
     assert load_run_config(run_dir).diffusion.past_frames == "clean"
     with pytest.raises(SystemExit, match="diffusion.past_frames 'clean' -> 'noised'"):
-        train.main(args + ["--diffusion.past_frames", "noised"])
-    # a sampling setting: it may change after training
-    train.main(args + ["--diffusion.past_frames", "clean", "--diffusion.image_model_below", "0"])
+        train.main(args + ["--diffusion.past_frames", "noised", "--train.video_twin_clips", "false"])
+    # a sampling setting: it may change after training (the rest comes from the run's config.json)
+    train.main(args + ["--diffusion.image_model_below", "0"])
     assert load_run_config(run_dir).diffusion.image_model_below == 0
-    # the train section may change: two more steps (the later option wins), each clip beside its noisy twin
-    train.main(args + ["--train.video_steps", "4", "--diffusion.past_frames", "clean",
-                       "--train.video_twin_clips", "true", "--train.video_frame1_weight", "3"])
+    # the train section may change: two more steps (the later option wins), frame 1 weighing 3
+    train.main(args + ["--train.video_steps", "4", "--train.video_frame1_weight", "3"])
     assert checkpoint_step(run_dir / "unet.pt") == 4 and load_run_config(run_dir).train.video_frame1_weight == 3
     with pytest.raises(SystemExit, match="video_frame1_weight -1.0 must be positive"):
-        train.main(args + ["--diffusion.past_frames", "clean", "--train.video_twin_clips", "true",
-                           "--train.video_frame1_weight", "-1"])
+        train.main(args + ["--train.video_frame1_weight", "-1"])
     with pytest.raises(SystemExit, match="video_frame1_weight 3.0 weighs the twin clips' frame 1; add "
                                          "--train.video_twin_clips true"):
         train.main(args + ["--name", "plain", "--train.video_frame1_weight", "3"])
     with pytest.raises(SystemExit, match="video_twin_clips trains on clean past frames, but diffusion.past_frames "
                                          "is 'noised'; add --diffusion.past_frames clean"):
         train.main(args + ["--name", "noised", "--train.video_twin_clips", "true"])
+    with pytest.raises(SystemExit, match="diffusion.past_frames clean samples each frame beside clean finished "
+                                         "ones, which the video stage trains for with twin clips; add "
+                                         "--train.video_twin_clips true"):
+        train.main(args + ["--name", "clean", "--diffusion.past_frames", "clean"])
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):

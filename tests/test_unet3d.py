@@ -80,9 +80,7 @@ FPS = torch.tensor([8.0, 4.0])
 
 # unet.temporal_text: the temporal attention also cross-attends to the text
 WITH_TEXT = dataclasses.replace(TINY, temporal_text=True)
-# unet.temporal_only_levels: temporal attention also at level 0, which has no spatial transformer
-LEVEL_0_TOO = dataclasses.replace(TINY, temporal_only_levels=(0,))
-VARIANTS = dict(argvalues=[TINY, WITH_TEXT, LEVEL_0_TOO], ids=["paper", "temporal_text", "temporal_only_levels"])
+VARIANTS = dict(argvalues=[TINY, WITH_TEXT], ids=["paper", "temporal_text"])
 
 
 def video_trained_a_little(max_frames=4, config=TINY):
@@ -176,13 +174,12 @@ def test_a_step_per_frame_reaches_that_frame_and_the_later_ones_only():
         video(x, per_frame[:, :3], context, fps=FPS)
 
 
-def test_temporal_only_levels_get_temporal_attention_without_a_spatial_transformer():
-    video = UNet3D.from_image(UNet3D(LEVEL_0_TOO, latent_channels=4, context_width=8), max_frames=4)
-    for level in (video.down[0], video.up[-1]):  # level 0, down and up
-        assert all(isinstance(m, TemporalAttention) for m in level.temporal)
-        assert not any(isinstance(m, SpatialTransformer) for m in level.transformers)
-    paper = UNet3D.from_image(UNet3D(TINY, latent_channels=4, context_width=8), max_frames=4)
-    assert not any(isinstance(m, TemporalAttention) for m in paper.down[0].temporal)
+def test_temporal_attention_sits_beside_the_spatial_transformers_only():
+    video = UNet3D.from_image(UNet3D(TINY, latent_channels=4, context_width=8), max_frames=4)
+    for level in [*video.down, video.middle, *video.up]:
+        for spatial, temporal in zip(level.transformers, level.temporal):
+            assert isinstance(spatial, SpatialTransformer) == isinstance(temporal, TemporalAttention)
+    assert not any(isinstance(m, TemporalAttention) for m in video.down[0].temporal)  # level 0: no attention
 
 
 def test_frame_rate_reaches_the_output_once_trained():

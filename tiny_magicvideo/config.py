@@ -98,9 +98,6 @@ class UNetConfig:
     # not in the paper (this project's): the temporal attention also cross-attends to the text
     # (TemporalAttention), so that the motion words reach the layers that mix frames directly
     temporal_text: bool = False
-    # not in the paper (this project's): levels without a spatial transformer that get a temporal
-    # attention all the same; the paper puts it beside the spatial transformers only
-    temporal_only_levels: tuple[int, ...] = ()
 
 
 @dataclass
@@ -132,9 +129,6 @@ class DiffusionConfig:
     # al. 2022). A video stage trained on t >= train.video_t_min only has never learned the lower
     # steps; by then the noisy frame already shows where the object is. 0: the video model throughout
     image_model_below: int = 0
-    # not in the paper: the share of each frame's noise that all frames of a clip have in common, in
-    # training and sampling (GaussianDiffusion.noise; mixed noise, Ge et al. 2023). 0: independent frames
-    frame_noise_correlation: float = 0.0
 
 
 @dataclass
@@ -160,9 +154,6 @@ class TrainConfig:
     # video_t_min..T-1. The noisy frames show where the object goes at every lower t, so only the
     # noisiest steps teach the motion words (README); 0: every step, as in the paper
     video_t_min: int = 0
-    # ... for this share of each batch's clips; the rest draw t from 0..T-1, so that the new layers
-    # also learn to leave the low-noise steps (the shapes' detail) alone
-    video_t_min_share: float = 1.0
     # not in the paper (this project's, after diffusion forcing's teacher forcing): with
     # diffusion.past_frames clean, each clip beside its noisy twin, so that every frame is trained on
     # with its clean past at once (GaussianDiffusion.twin_training_loss; twice the frames a step)
@@ -201,7 +192,7 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         """Rebuild a Config from `to_dict()` output; unknown keys and wrong types are errors."""
-        return _dataclass_from_dict(cls, values, where="config")
+        return _dataclass_from_dict(cls, _without_removed_options(values), where="config")
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
@@ -209,6 +200,26 @@ class Config:
 
 
 SECTIONS = ("data", "vae", "text", "unet", "diffusion", "train")
+
+# Options that were measured worse than the presets' choices and left the code (their findings are in
+# docs/experiments.md), each with the value that turned it off: an older run's config.json that
+# holds one at that value still loads; one that used it cannot be rebuilt by this code.
+REMOVED_OPTIONS = {"unet.temporal_only_levels": [], "diffusion.frame_noise_correlation": 0.0,
+                   "train.video_t_min_share": 1.0}
+
+
+def _without_removed_options(values: dict) -> dict:
+    """`values` (a config as a nested dict) less the REMOVED_OPTIONS left at their off value."""
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for dotted, off in REMOVED_OPTIONS.items():
+        section, key = dotted.split(".")
+        if isinstance(values.get(section), dict) and key in values[section]:
+            value = values[section].pop(key)
+            if (list(value) if isinstance(value, tuple) else value) != off:
+                raise ValueError(f"config: {dotted} is {value!r}, an option this version no longer has (it "
+                                 f"was measured worse, docs/experiments.md); this run cannot be rebuilt here: "
+                                 f"start a new run with --name NEW")
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +338,19 @@ def check_run_name(name: str, runs_dir: str) -> None:
                          f"(the run is written to {runs_dir}/<name>)")
 
 
+# the sampling options that name a diffusion step, and what their two ends, 0 and T, mean
+STEP_OPTIONS = {"image_model_below": ("the video model throughout", "the image model throughout"),
+                "unguided_below": ("guidance at every step", "no guidance")}
+
+
+def check_step(name: str, step: int, num_steps: int) -> None:
+    """diffusion.image_model_below or unguided_below (`name`, with or without the section) must lie
+    in 0..num_steps; else a ValueError naming it and what the two ends mean."""
+    at_zero, at_last = STEP_OPTIONS[name.split(".")[-1]]
+    if not 0 <= step <= num_steps:
+        raise ValueError(f"{name} {step} is not a step: use 0 ({at_zero}) to {num_steps} ({at_last})")
+
+
 def check_config(config: Config) -> None:
     """Raise ValueError naming the first value the models or the training loop cannot take."""
     for name, _, value in _fields(config):
@@ -358,13 +382,14 @@ def check_config(config: Config) -> None:
     for key in ("learning_rate", "video_learning_rate", "vae_learning_rate", "grad_clip"):
         if not getattr(train, key) > 0:
             raise ValueError(f"train.{key} must be positive, got {getattr(train, key)}")
-    for key, value in (("train.ema_decay", train.ema_decay), ("train.video_t_min_share", train.video_t_min_share),
-                       ("diffusion.text_drop_prob", diffusion.text_drop_prob)):
+    for key, value in (("train.ema_decay", train.ema_decay), ("diffusion.text_drop_prob", diffusion.text_drop_prob)):
         if not 0 <= value <= 1:
             raise ValueError(f"{key} must be between 0 and 1, got {value}")
     if not 0 <= train.video_t_min < diffusion.num_train_timesteps:
         raise ValueError(f"train.video_t_min {train.video_t_min} is not a step: use 0 to "
                          f"{diffusion.num_train_timesteps - 1}")
+    for name in STEP_OPTIONS:
+        check_step(f"diffusion.{name}", getattr(diffusion, name), diffusion.num_train_timesteps)
     if not 1 <= diffusion.num_inference_steps <= diffusion.num_train_timesteps:
         raise ValueError(f"diffusion.num_inference_steps must be between 1 and {diffusion.num_train_timesteps}, "
                          f"got {diffusion.num_inference_steps}")
@@ -376,11 +401,10 @@ def check_config(config: Config) -> None:
     unet = config.unet
     if not unet.channel_mults or min(unet.channel_mults) < 1:
         raise ValueError(f"unet.channel_mults must be positive whole numbers, got {unet.channel_mults}")
-    for levels_name in ("attention_levels", "temporal_only_levels"):
-        outside = [level for level in getattr(unet, levels_name) if not 0 <= level < len(unet.channel_mults)]
-        if outside:
-            raise ValueError(f"unet.{levels_name} {outside} are not levels of the U-Net, whose levels are "
-                             f"0 to {len(unet.channel_mults) - 1} (one per unet.channel_mults)")
+    outside = [level for level in unet.attention_levels if not 0 <= level < len(unet.channel_mults)]
+    if outside:
+        raise ValueError(f"unet.attention_levels {outside} are not levels of the U-Net, whose levels are "
+                         f"0 to {len(unet.channel_mults) - 1} (one per unet.channel_mults)")
     for key, width, heads in [("text.width", config.text.width, config.text.num_heads)] + [
             (f"unet.base_channels x {mult}", unet.base_channels * mult, unet.num_heads) for mult in unet.channel_mults]:
         if width % heads:

@@ -52,16 +52,6 @@ class GaussianDiffusion:
     """The schedule's named tensors and the operations that use them."""
 
     def __init__(self, config: DiffusionConfig):
-        if not 0.0 <= config.frame_noise_correlation < 1.0:
-            raise ValueError(f"diffusion.frame_noise_correlation {config.frame_noise_correlation} is not "
-                             f"a correlation this noise can have; use a value in [0, 1), 0 for independent frames")
-        last = config.num_train_timesteps
-        if not 0 <= config.image_model_below <= last:
-            raise ValueError(f"diffusion.image_model_below {config.image_model_below} is not a step; use 0 (the "
-                             f"video model throughout) to {last} (the image model throughout)")
-        if not 0 <= config.unguided_below <= last:
-            raise ValueError(f"diffusion.unguided_below {config.unguided_below} is not a step; use 0 (guidance "
-                             f"at every step) to {last} (no guidance)")
         self.config = config
         self.num_train_timesteps = config.num_train_timesteps
         self.prediction_type = config.prediction_type
@@ -94,18 +84,11 @@ class GaussianDiffusion:
 
     # ---- forward process and training --------------------------------------------------------
 
-    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+    @staticmethod
+    def noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """eps ~ N(0, I) of `shape`. For clips (B, C, T, H, W) with frame_noise_correlation rho > 0,
-        eps_i = sqrt(rho) eps_shared + sqrt(1 - rho) eps_own_i: every frame's noise is still N(0, I),
-        and any two frames of a clip correlate by rho (the "mixed noise" of Ge et al. 2023)."""
-        own = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        rho = self.config.frame_noise_correlation
-        if rho == 0 or len(shape) != 5:
-            return own
-        batch, channels, _, height, width = shape
-        shared = torch.randn((batch, channels, 1, height, width), generator=generator, device=device, dtype=dtype)
-        return math.sqrt(rho) * shared + math.sqrt(1 - rho) * own  # shared broadcasts over the T frames
+        """eps ~ N(0, I) of `shape`, every element independent (frames included)."""
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
@@ -118,56 +101,32 @@ class GaussianDiffusion:
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def training_loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
-                      t_min: int = 0, t_min_share: float = 1.0, clean_past: bool = False) -> torch.Tensor:
+                      t_min: int = 0) -> torch.Tensor:
         """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2.
 
         t_min > 0 draws t from U{t_min..T-1}: the noisiest steps, where a video model must decide on
         its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
-        t_min_share < 1 does so for the first round(t_min_share * batch) samples only; the rest keep
-        t ~ U{0..T-1}, so that the model still learns every step (train.video_t_min_share).
-
-        clean_past (clips only): each clip's first k frames, k ~ U{0..T-1}, are shown clean (at step 0)
-        and the loss covers frames k..T-1, which share the clip's step t. A causal model then learns
-        p(frame k | clean frames 0..k-1), what frame-by-frame sampling with clean past frames asks of
-        it (diffusion.past_frames clean; "teacher forcing"). k = 0 is the ordinary, all-noisy clip.
         """
-        batch = x0.shape[0]
-        t = self.draw_steps((batch,), t_min, t_min_share, generator, x0.device)
+        t = self.draw_steps((x0.shape[0],), t_min, generator, x0.device)
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
-        if clean_past:
-            num_frames = x0.shape[2]
-            num_clean = torch.randint(0, num_frames, (batch, 1), generator=generator, device=x0.device)  # k, (B, 1)
-            noisy = torch.arange(num_frames, device=x0.device)[None] >= num_clean  # (B, T): frames k..T-1
-            t = t[:, None] * noisy  # (B, T): step 0 for the clean past, the clip's t after it
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
-        squared_error = (model(x_t, t) - target).pow(2)
-        if not clean_past:
-            return squared_error.mean()
-        return squared_error.mean(dim=(1, 3, 4))[noisy].mean()  # (B, T) per-frame means -> the noisy frames'
+        return (model(x_t, t) - target).pow(2).mean()
 
-    def draw_steps(self, shape: tuple[int, ...], t_min: int, t_min_share: float,
-                   generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-        """Steps t of `shape` (batch, ...): the first round(t_min_share * batch) rows from t_min..T-1,
-        the others from 0..T-1."""
+    def draw_steps(self, shape: tuple[int, ...], t_min: int, generator: torch.Generator | None,
+                   device: torch.device) -> torch.Tensor:
+        """Steps t of `shape`, each drawn from U{t_min..T-1}."""
         if not 0 <= t_min < self.num_train_timesteps:
             raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
                              f"steps; use a value in that range (0 trains on every step)")
-        if not 0.0 <= t_min_share <= 1.0:
-            raise ValueError(f"t_min_share {t_min_share} is not a share of the batch; use a value in 0..1")
-        num_noisiest = round(t_min_share * shape[0])
-        return torch.cat([
-            torch.randint(t_min, self.num_train_timesteps, (num_noisiest, *shape[1:]),
-                          generator=generator, device=device),
-            torch.randint(0, self.num_train_timesteps, (shape[0] - num_noisiest, *shape[1:]),
-                          generator=generator, device=device),
-        ])
+        return torch.randint(t_min, self.num_train_timesteps, shape, generator=generator, device=device)
 
     def twin_training_loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor,
                            generator: torch.Generator | None = None, t_min: int = 0,
-                           t_min_share: float = 1.0, frame1_weight: float = 1.0) -> torch.Tensor:
-        """Clean past frames, every frame of a clip at once: the loss of training_loss(clean_past=True)
-        for all T values of k in one pass (train.video_twin_clips).
+                           frame1_weight: float = 1.0) -> torch.Tensor:
+        """Training for frame-by-frame sampling beside clean finished frames (diffusion.past_frames
+        clean; teacher forcing, as in diffusion forcing, Chen et al. 2024), every frame of a clip at
+        once (train.video_twin_clips).
 
         The model sees each clip x0 (B, C, T, H, W) clean (step 0) followed by its noisy twin x_t, each
         frame at its own step t_k, as one sequence of 2T frames laid out by twin_clip_layout: noisy
@@ -175,8 +134,8 @@ class GaussianDiffusion:
         frame-by-frame sampling with clean past frames gives frame k (but for the step-0 noise the
         sampler leaves on the finished frames, sqrt(1 - abar_0): 0.006 with the cosine schedule), and
         the loss covers every noisy frame: T conditionals p(x^k | x^0..x^{k-1}) for the price of 2T
-        frames, where training_loss with clean_past gives one (frame k) and later frames that see
-        noisy ones, which sampling never asks for.
+        frames. (Showing a plain clip's first k frames clean teaches one conditional a clip, and its
+        later frames beside noisy ones, which sampling never asks for: docs/experiments.md.)
         model(x, t, frame_index=, attention_mask=) -> prediction, e.g. a closure over UNet3D.
 
         frame1_weight weighs frame 1's loss against the others' (1 each): the loss is the weighted mean
@@ -186,7 +145,7 @@ class GaussianDiffusion:
         if frame1_weight <= 0:
             raise ValueError(f"frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
         batch, _, num_frames = x0.shape[:3]
-        t = self.draw_steps((batch, num_frames), t_min, t_min_share, generator, x0.device)  # (B, T), a step per frame
+        t = self.draw_steps((batch, num_frames), t_min, generator, x0.device)  # (B, T), a step per frame
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         frame_index, attention_mask = twin_clip_layout(num_frames, x0.device)
@@ -261,20 +220,19 @@ class GaussianDiffusion:
     @torch.no_grad()
     def ddim_sample_frame_by_frame(self, model: Denoiser, noise: torch.Tensor, num_inference_steps: int = 25,
                                    eta: float = 0.0, generator: torch.Generator | None = None,
-                                   progress: bool = True, clean_past: bool = False,
-                                   image_model: Denoiser | None = None, image_model_below: int = 0) -> torch.Tensor:
+                                   progress: bool = True, clean_past: bool = False) -> torch.Tensor:
         """DDIM for a causal video model, one frame at a time: p(x^0) p(x^1 | x^0) ... p(x^k | x^<k).
 
         Frame k runs its own DDIM from x_T = noise[:, :, k], the finished frames 0..k-1 beside it,
         and frame k's prediction, which the causal attention bases on frames 0..k only, updates it.
         At each step t the model sees the finished frames as q_sample(x^j, s, eps^j), with their own
         starting noise eps^j, at s = t, as it saw every frame of a clip in training, or with clean_past
-        at s = 0, as training_loss(clean_past=True) showed them. Frames then agree with the finished
-        ones before them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the
-        consensus of frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
+        at s = 0, as twin_training_loss showed them. Frames then agree with the finished ones before
+        them; sampled jointly, frame 0 would follow its own noise alone, frames 1..k the consensus of
+        frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
 
-        image_model (B, C, 1, H, W) -> prediction, with image_model_below: the steps below that one are
-        frame k's own, the image model's, without the finished frames (two experts; see DiffusionConfig).
+        model(clip (B, C, k+1, H, W), steps (B, k+1)) is read at its last frame, frame k: a model may
+        return that frame's prediction alone, (B, C, 1, H, W) (pipeline.two_experts does so).
         """
         finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
         for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
@@ -282,11 +240,7 @@ class GaussianDiffusion:
 
             def frame_k(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 """x_t (B, C, 1, H, W), frame k at step t (B,) -> its prediction, frames 0..k-1 beside it."""
-                if image_model is not None and int(t[0]) < image_model_below:
-                    return image_model(x_t, t)
-                past_steps = t[:, None].expand(-1, k)  # (B, k): the finished frames' step
-                if clean_past:
-                    past_steps = torch.zeros_like(past_steps)
+                past_steps = torch.zeros_like(t)[:, None].expand(-1, k) if clean_past else t[:, None].expand(-1, k)
                 steps = torch.cat([past_steps, t[:, None]], dim=1)  # (B, k + 1)
                 clip = torch.cat([self.q_sample(finished, past_steps, previous_noise), x_t], dim=2)
                 return model(clip, steps)[:, :, -1:]

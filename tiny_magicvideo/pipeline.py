@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import Config
+from .config import Config, check_step
 from .data import frame_rates, video_to_frames
-from .diffusion import GaussianDiffusion, classifier_free_guidance
+from .diffusion import Denoiser, GaussianDiffusion, classifier_free_guidance
+from .runs import (WEIGHTS_FILES, check_built_on, load_image_model, load_run_config, load_vae, load_video_model,
+                   load_video_vae, resolve_device)
 from .text import TextEncoder
-from .runs import WEIGHTS_FILES, check_built_on, load_run_config, load_weights, train_command
-from .training import resolve_device
 from .unet3d import UNet3D
-from .vae import AutoencoderKL, load_vae, load_video_vae
+from .vae import AutoencoderKL
 
 
 # the highest frame rate a clip may be asked for: far above any trained rate, and far below where the
@@ -41,28 +41,28 @@ class VideoOutput:
     latents: torch.Tensor  # (B, 4, T, h, w), scaled
 
 
-def text_to_image_model(config: Config) -> nn.ModuleDict:
-    """The image stage's trainable pair, saved together in unet_image.pt."""
-    return nn.ModuleDict({"text_encoder": TextEncoder(config.text),
-                          "unet": UNet3D(config.unet, config.vae.latent_channels, config.text.width)})
+def two_experts(video_denoiser: Denoiser, image_denoiser: Denoiser, image_model_below: int) -> Denoiser:
+    """One denoiser from two (eDiff-I's expert denoisers, Balaji et al. 2022; not in the paper): the
+    steps from image_model_below up are the video model's, the lower ones the image model's, each
+    frame on its own. The largest step in t decides, so that frame by frame, where the finished
+    frames sit at step 0 or at t, it is frame k's own step: the image model then sees frame k alone,
+    the last frame of the clip, and returns its prediction alone, (B, C, 1, H, W), all that
+    GaussianDiffusion.ddim_sample_frame_by_frame reads."""
 
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if int(t.max()) >= image_model_below:
+            return video_denoiser(x_t, t)
+        if t.ndim == 2:  # frame by frame: a step per frame (B, k + 1), frame k the last
+            return image_denoiser(x_t[:, :, -1:], t[:, -1])
+        return image_denoiser(x_t, t)  # jointly: the image U-Net takes each frame of the clip on its own
 
-def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
-    """The video stage's pair, saved together in unet.pt: the same text encoder and the image U-Net
-    inflated to clips of up to data.num_frames frames."""
-    return nn.ModuleDict({"text_encoder": image_model["text_encoder"],
-                          "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
-
-
-def load_image_model(run_dir: str | Path, config: Config, device: torch.device) -> nn.ModuleDict:
-    """The image stage's text encoder and U-Net (EMA weights, unet_image.pt), for evaluation."""
-    model = text_to_image_model(config)
-    load_weights(model, Path(run_dir) / WEIGHTS_FILES["image"])
-    return model.to(device).eval()
+    return denoiser
 
 
 class TextToVideo:
-    """image_model: the image stage's text encoder and U-Net, to which a video model hands the steps
+    """A run's models as one callable: prompts in, uint8 frames out.
+
+    image_model: the image stage's text encoder and U-Net, to which a video model hands the steps
     below diffusion.image_model_below (from_run loads it with the video model)."""
 
     def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config,
@@ -85,19 +85,10 @@ class TextToVideo:
         target = resolve_device(device)
         if stage is None:
             stage = "video" if (run_dir / WEIGHTS_FILES["video"]).is_file() else "image"
-        if stage not in ("video", "image"):
-            raise ValueError(f"stage must be 'video' or 'image', got {stage!r}")
-        if stage == "video" and not (run_dir / WEIGHTS_FILES["video"]).is_file():
-            raise FileNotFoundError(f"{run_dir} has no video model ({WEIGHTS_FILES['video']}): train it "
-                                    f"with {train_command(run_dir, '--stage', 'video')}")
-        model = text_to_image_model(config)
-        if stage == "video":
-            model = text_to_video_model(model, config)
-        load_weights(model, run_dir / WEIGHTS_FILES[stage])
-        model.to(target).eval()
-        image_model = load_image_model(run_dir, config, target) if stage == "video" else None
         if decoder is None:
             decoder = "video" if (run_dir / WEIGHTS_FILES["videovae"]).is_file() else "image"
+        if stage not in ("video", "image"):
+            raise ValueError(f"stage must be 'video' or 'image', got {stage!r}")
         if decoder not in ("video", "image"):
             raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
         # weights built on another VAE or image model than the run holds now are refused
@@ -105,8 +96,10 @@ class TextToVideo:
             path = run_dir / WEIGHTS_FILES[used]
             if path.is_file():
                 check_built_on(run_dir, used, path)
+        image_model = load_image_model(run_dir, target)
+        model = load_video_model(run_dir, target) if stage == "video" else image_model
         vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
-        return cls(vae, model["text_encoder"], model["unet"], config, image_model)
+        return cls(vae, model["text_encoder"], model["unet"], config, image_model if stage == "video" else None)
 
     @property
     def device(self) -> torch.device:
@@ -123,76 +116,88 @@ class TextToVideo:
         image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
         below it go without guidance, 0: none), and fps = data.fps (stride 1, the slowest motion)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        data = self.config.data
-        if self.unet.is_video:
-            num_frames = data.num_frames if num_frames is None else num_frames
-            if not 1 <= num_frames <= self.unet.max_frames:
-                raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
-                                 f"{self.unet.max_frames} frames (data.num_frames of its run)")
-            fps = data.fps if fps is None else fps
-            if not 0 < fps <= MAX_FPS:
-                raise ValueError(f"fps={fps}: the frame rate must be positive and at most {MAX_FPS:g}; this run "
-                                 f"trained on {', '.join(f'{rate:g}' for rate in frame_rates(data))}")
-            condition = {"fps": torch.full((len(prompts),), float(fps), device=self.device)}
+        run = self.config.diffusion
+        steps = run.num_inference_steps if num_inference_steps is None else num_inference_steps
+        scale = run.guidance_scale if guidance_scale is None else guidance_scale
+        sampling = run.video_sampling if sampling is None else sampling
+        unguided = run.unguided_below if unguided_below is None else unguided_below
+        below = run.image_model_below if image_model_below is None else image_model_below
+        self._check_settings(scale, eta, sampling, unguided, below)
+        num_frames, condition = self._frames_and_rate(len(prompts), num_frames, fps)
+        denoiser = self.denoiser(prompts, condition, scale, unguided, below if self.unet.is_video else 0)
+
+        latent_size = self.config.data.image_size // self.config.vae.downsample_factor
+        generator = torch.Generator(self.device).manual_seed(seed)
+        noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
+                                      latent_size), generator, self.device)
+        if sampling == "frame_by_frame":  # one frame (an image): the two samplers are the same
+            latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress,
+                                                                clean_past=run.past_frames == "clean")
         else:
-            if num_frames not in (None, 1):
-                raise ValueError(f"num_frames={num_frames}: this is a text-to-image model (the run has "
-                                 f"no video stage yet), it makes single images (num_frames=1)")
-            num_frames, condition = 1, {}
-        sampling = self.config.diffusion.video_sampling if sampling is None else sampling
-        if sampling not in ("frame_by_frame", "joint"):
-            raise ValueError(f"sampling={sampling!r}: use 'frame_by_frame' (each frame after the finished "
-                             f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
-        steps = self.config.diffusion.num_inference_steps if num_inference_steps is None else num_inference_steps
-        scale = self.config.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+            latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
+        return VideoOutput(frames=self.decode(latents), latents=latents)
+
+    def _check_settings(self, scale: float, eta: float, sampling: str, unguided_below: int,
+                        image_model_below: int) -> None:
         if not 0 <= scale < math.inf:
             raise ValueError(f"guidance_scale={scale}: use a finite number >= 0 (1: the conditional prediction "
                              f"alone, 0: the unconditional one; this run's default is "
                              f"{self.config.diffusion.guidance_scale:g})")
         if not 0 <= eta <= 1:
             raise ValueError(f"eta={eta}: use a number from 0 (deterministic DDIM) to 1 (DDPM-like noise)")
-        unguided = self.config.diffusion.unguided_below if unguided_below is None else unguided_below
-        for name, step in (("image_model_below", image_model_below), ("unguided_below", unguided)):
-            if step is not None and not 0 <= step <= self.diffusion.num_train_timesteps:
-                raise ValueError(f"{name}={step} is not a step: use 0 (none) to "
-                                 f"{self.diffusion.num_train_timesteps} (every step)")
+        if sampling not in ("frame_by_frame", "joint"):
+            raise ValueError(f"sampling={sampling!r}: use 'frame_by_frame' (each frame after the finished "
+                             f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
+        check_step("unguided_below", unguided_below, self.diffusion.num_train_timesteps)
+        check_step("image_model_below", image_model_below, self.diffusion.num_train_timesteps)
 
-        def guided(text_encoder: TextEncoder, unet: UNet3D, condition: dict):
-            """unet's prediction guided by the prompts, read by its own text encoder."""
+    def _frames_and_rate(self, batch: int, num_frames: int | None, fps: float | None) -> tuple[int, dict]:
+        """The clip length and the U-Net's frame-rate condition {"fps": (B,)} ({} for an image model)."""
+        data = self.config.data
+        if not self.unet.is_video:
+            if num_frames not in (None, 1):
+                raise ValueError(f"num_frames={num_frames}: this is a text-to-image model (the run has "
+                                 f"no video stage yet), it makes single images (num_frames=1)")
+            return 1, {}
+        num_frames = data.num_frames if num_frames is None else num_frames
+        if not 1 <= num_frames <= self.unet.max_frames:
+            raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
+                             f"{self.unet.max_frames} frames (data.num_frames of its run)")
+        fps = data.fps if fps is None else fps
+        if not 0 < fps <= MAX_FPS:
+            raise ValueError(f"fps={fps}: the frame rate must be positive and at most {MAX_FPS:g}; this run "
+                             f"trained on {', '.join(f'{rate:g}' for rate in frame_rates(data))}")
+        return num_frames, {"fps": torch.full((batch,), float(fps), device=self.device)}
+
+    def denoiser(self, prompts: list[str], condition: dict, guidance_scale: float, unguided_below: int = 0,
+                 image_model_below: int = 0) -> Denoiser:
+        """The U-Net's prediction for `prompts` with classifier-free guidance; with image_model_below
+        > 0, the image model's below that step (two_experts)."""
+
+        def guided(text_encoder: TextEncoder, unet: UNet3D, condition: dict) -> Denoiser:
             context, mask = text_encoder(prompts)
             empty_context, empty_mask = text_encoder([""] * len(prompts))
             return classifier_free_guidance(unet, {"context": context, "context_mask": mask, **condition},
-                                            {"context": empty_context, "context_mask": empty_mask, **condition}, scale,
-                                            unguided)
+                                            {"context": empty_context, "context_mask": empty_mask, **condition},
+                                            guidance_scale, unguided_below)
 
-        denoiser = guided(self.text_encoder, self.unet, condition)
-        below = self.config.diffusion.image_model_below if image_model_below is None else image_model_below
-        below = below if self.unet.is_video else 0  # an image model is its own image model
-        if below > 0 and self.image_model is None:
-            raise ValueError(f"image_model_below={below}: this pipeline has no image model for the low steps; "
-                             f"load it with TextToVideo.from_run or pass image_model=load_image_model(run_dir, ...)")
-        # the image model's prediction for the low steps: each frame on its own
-        image_denoiser = guided(self.image_model["text_encoder"], self.image_model["unet"], {}) if below > 0 else None
-        latent_size = data.image_size // self.config.vae.downsample_factor
-        generator = torch.Generator(self.device).manual_seed(seed)
-        noise = self.diffusion.noise((len(prompts), self.config.vae.latent_channels, num_frames, latent_size,
-                                      latent_size), generator, self.device)
-        if sampling == "frame_by_frame":  # one frame (an image): the two samplers are the same
-            clean_past = self.config.diffusion.past_frames == "clean"
-            latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress,
-                                                                clean_past, image_denoiser, below)
-        else:
-            video_denoiser = denoiser
-            if below > 0:  # a step for every frame of the clip (B,): one expert or the other
-                def denoiser(x_t, t):
-                    return (image_denoiser if int(t[0]) < below else video_denoiser)(x_t, t)
-            latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
+        video_denoiser = guided(self.text_encoder, self.unet, condition)
+        if image_model_below == 0:
+            return video_denoiser
+        if self.image_model is None:
+            raise ValueError(f"image_model_below={image_model_below}: this pipeline has no image model for the "
+                             f"low steps; load it with TextToVideo.from_run, or pass "
+                             f"image_model=load_image_model(run_dir) (tiny_magicvideo.runs)")
+        image_denoiser = guided(self.image_model["text_encoder"], self.image_model["unet"], {})
+        return two_experts(video_denoiser, image_denoiser, image_model_below)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents (B, 4, T, h, w) -> uint8 frames (B, T, H, W, 3); non-finite values are an error."""
         video = self.vae.decode_video(latents)
         if not torch.isfinite(video).all():  # would be saved as black frames
             raise ValueError("the sampled clip holds non-finite values (NaN or inf): the weights or the sampling "
                              "settings (guidance_scale, num_inference_steps) are broken; nothing was written")
-        video = video.clamp(-1, 1)
-        return VideoOutput(frames=video_to_frames(video), latents=latents)
+        return video_to_frames(video.clamp(-1, 1))
 
 
 def tile_clips(clips: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:

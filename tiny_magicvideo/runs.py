@@ -7,6 +7,10 @@
                         EMA weights' fingerprint and the fingerprints of the stages it was built on
     state_<stage>.pt    a stage's latest checkpoint: what an exact resume needs
 
+The models a run's stages train are built here too (text_to_image_model, text_to_video_model), and
+loaded from their weights files (load_vae, load_video_vae, load_image_model, load_video_model), so
+that train.py, the pipeline and the benchmarks read a run one way.
+
 Every file is written to `<name>.tmp`, flushed to the disk and renamed over the old one, so a killed
 process leaves either the old file or the new one, never half of one; a stage's weights file is the
 last thing its stage writes, so "the weights file exists" means "the stage is finished". Every file
@@ -30,11 +34,15 @@ import torch
 import torch.nn as nn
 
 from .config import SECTIONS, Config, check_config
+from .text import TextEncoder
+from .unet3d import UNet3D
+from .vae import AutoencoderKL, VideoVAE
 
 STAGE_ORDER = ("vae", "image", "video", "videovae")
 WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", "videovae": "videovae.pt"}
 # the finished stages whose weights each stage starts from or trains against
 STAGE_INPUTS = {"vae": (), "image": ("vae",), "video": ("vae", "image"), "videovae": ("vae",)}
+STAGE_MODELS = {"vae": "VAE", "image": "image model", "video": "video model", "videovae": "VideoVAE"}
 
 
 def state_file(run_dir: Path, stage: str) -> Path:
@@ -157,6 +165,71 @@ def read_record(path: Path) -> dict:
 def checkpoint_step(path: Path) -> int:
     """The step a weights or state file was written at; 0 if there is no file."""
     return read_record(path)["step"] if Path(path).is_file() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The models of a run, built from its config and loaded from its weights files.
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    available = {"cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                 "cpu": True}
+    if name == "auto":
+        return torch.device(next(kind for kind, present in available.items() if present))
+    if not available.get(name, False):
+        raise ValueError(f"device {name!r} is not available on this machine; use --device auto or cpu")
+    return torch.device(name)
+
+
+def text_to_image_model(config: Config) -> nn.ModuleDict:
+    """The image stage's trainable pair, saved together in unet_image.pt."""
+    return nn.ModuleDict({"text_encoder": TextEncoder(config.text),
+                          "unet": UNet3D(config.unet, config.vae.latent_channels, config.text.width)})
+
+
+def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
+    """The video stage's pair, saved together in unet.pt: the same text encoder and the image U-Net
+    inflated to clips of up to data.num_frames frames."""
+    return nn.ModuleDict({"text_encoder": image_model["text_encoder"],
+                          "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
+
+
+def _finished(run_dir: Path, stage: str) -> Path:
+    """The weights file of a finished stage; a missing one is an error that says how to train it."""
+    path = Path(run_dir) / WEIGHTS_FILES[stage]
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {STAGE_MODELS[stage]} ({path.name}): train it with "
+                                f"{train_command(run_dir, '--stage', stage)}")
+    return path
+
+
+def _loaded(model: nn.Module, run_dir: Path, stage: str, device: torch.device | str) -> nn.Module:
+    """`model` with the EMA weights of the run's finished `stage`, on `device`, in eval mode."""
+    load_weights(model, _finished(run_dir, stage))
+    return model.to(device).eval()
+
+
+def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
+    return _loaded(AutoencoderKL(load_run_config(run_dir).vae), run_dir, "vae", device)
+
+
+def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
+    """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
+    return _loaded(VideoVAE(load_run_config(run_dir).vae), run_dir, "videovae", device)
+
+
+def load_image_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
+    """The image stage's text encoder and U-Net (EMA weights, unet_image.pt)."""
+    return _loaded(text_to_image_model(load_run_config(run_dir)), run_dir, "image", device)
+
+
+def load_video_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
+    """The video stage's text encoder and inflated U-Net (EMA weights, unet.pt)."""
+    config = load_run_config(run_dir)
+    return _loaded(text_to_video_model(text_to_image_model(config), config), run_dir, "video", device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +359,6 @@ RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num
                   "diffusion.unguided_below")
 # settings inside a frozen section that only a later stage uses: free until that stage starts
 LATER_STAGE_KEYS = {"unet.video_trainable": "video", "unet.temporal_text": "video",
-                    "unet.temporal_only_levels": "video", "diffusion.frame_noise_correlation": "video",
                     "diffusion.past_frames": "video",
                     "vae.temporal_loss_weight": "videovae", "vae.temporal_blocks": "videovae"}
 

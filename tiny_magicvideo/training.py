@@ -86,18 +86,6 @@ def stage_seed(seed: int, stage: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(stage.encode())]).generate_state(1)[0])
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    available = {"cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-                 "cpu": True}
-    if name == "auto":
-        return torch.device(next(kind for kind, present in available.items() if present))
-    if not available.get(name, False):
-        raise ValueError(f"device {name!r} is not available on this machine; use --device auto or cpu")
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Logging.
 
@@ -172,136 +160,153 @@ def make_optimizer(stage: Stage, model: nn.Module, weight_decay: float) -> tuple
     return torch.optim.AdamW(groups, weight_decay=weight_decay), list(options)
 
 
+class StageRun:
+    """One stage's training in progress: the model, its EMA and optimizer, the step and the loss so far,
+    and how they are checkpointed (state_<stage>.pt), restored and finally saved (the weights file)."""
+
+    def __init__(self, stage: Stage, config: Config, run_dir: Path, device: torch.device):
+        self.stage, self.settings, self.run_dir, self.device = stage, config.train, run_dir, device
+        self.model = stage.model.to(device)
+        self.optimizer, self.group_options = make_optimizer(stage, self.model, self.settings.weight_decay)
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.ema = make_ema(self.model, self.settings.ema_decay)
+        self.generator = torch.Generator(device).manual_seed(stage_seed(config.seed, stage.name))
+        self.built_on = inputs_of(run_dir, stage.name)  # {input stage: fingerprint of the weights trained against}
+        self.state_path = state_file(run_dir, stage.name)
+        self.step, self.seconds_before = 0, 0.0  # seconds_before: training time of earlier sessions
+        self.loss_sum, self.loss_count = 0.0, 0  # every step's loss so far: their mean is the yardstick for divergence
+        if self.state_path.is_file():
+            self.resume()
+        self.start_time = self.last_plot = time.perf_counter()
+        self.progress = tqdm(total=stage.num_steps, initial=self.step, desc=f"stage {stage.name}", dynamic_ncols=True)
+
+    def resume(self) -> None:
+        """Restore model, EMA, optimizer, generator, step and loss sums from state_<stage>.pt."""
+        path, stage = self.state_path, self.stage
+        state = load_checkpoint(path, ("model", "ema", "optimizer", "step", "generator", "seconds"))
+        check_built_on(self.run_dir, stage.name, path)
+        self.step = int(state["step"])
+        if self.step > stage.num_steps:
+            raise ValueError(f"{path} is at step {self.step}, past train.{stage.name}_steps {stage.num_steps}; "
+                             f"ask for {self.step} steps or more (--train.{stage.name}_steps {self.step})")
+        load_state_dict(self.model, state["model"], path)
+        load_state_dict(self.ema, state["ema"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.seconds_before = float(state["seconds"])
+        self.loss_sum, self.loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
+        # log rows written after that checkpoint belong to the lost part of the run
+        write_log(self.run_dir, [row for row in read_log(self.run_dir)
+                                 if row["stage"] != stage.name or int(row["step"]) <= self.step])
+        print(f"stage {stage.name}: resuming from step {self.step} ({path})")
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start_time
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """This step's loss (a tensor to backpropagate and its value) and logged values, checked: a
+        NaN or infinite loss, or one over DIVERGENCE_FACTOR times the stage's mean so far, stops it."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.settings.mixed_precision and self.device.type == "cuda"):
+            loss, values = self.stage.loss(batch, self.generator)
+        value = loss.item()  # one host sync a step
+        if not math.isfinite(value):
+            raise self.diverged(f"the loss became {value} at step {self.step + 1}")
+        mean = self.loss_sum / max(self.loss_count, 1)
+        if self.loss_count and value > DIVERGENCE_FACTOR * mean:
+            raise self.diverged(f"the loss rose to {value:.4g} at step {self.step + 1}, over "
+                                f"{DIVERGENCE_FACTOR:g} times the stage's mean so far ({mean:.4g})")
+        return loss, value, values
+
+    def update(self, loss: torch.Tensor, value: float) -> None:
+        """Backpropagate, clip, step AdamW at this step's rates, and update the EMA."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
+        factor = learning_rate_factor(self.step, self.settings.warmup_steps, self.stage.num_steps)
+        for group, option in zip(self.optimizer.param_groups, self.group_options):
+            # from this config, not the checkpoint's: a resumed run takes a changed rate
+            group["lr"] = self.stage.learning_rates[option] * factor
+            group["weight_decay"] = self.settings.weight_decay
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{value:.4f}")
+
+    def diverged(self, why: str) -> TrainingDiverged:
+        self.progress.close()
+        path = self.state_path
+        kept = (f"{path.name} (step {checkpoint_step(path)}), the last checkpoint whose weights gave a sound "
+                f"loss" if path.is_file() else "no checkpoint (none was written yet)")
+        lower = [f"--{option} {self.stage.learning_rates[option] / 4:g}" for option in self.group_options]
+        return TrainingDiverged(f"stage {self.stage.name}: {why}; stopping and keeping {kept}. Lower the learning "
+                                f"rate and run again, for example {train_command(self.run_dir, *lower)}")
+
+    def save_state(self, generator_state: torch.Tensor) -> None:
+        """state_<stage>.pt at this step (generator_state: the generator before this step's draws)."""
+        for module in (self.model, self.ema):
+            try:
+                check_finite(module.state_dict(), self.state_path.name)
+            except ValueError:
+                raise self.diverged(f"the weights became non-finite by step {self.step}") from None
+        save_atomically({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                         "optimizer": self.optimizer.state_dict(), "step": torch.tensor(self.step),
+                         "generator": generator_state, "built_on": self.built_on,
+                         "loss_sum": torch.tensor(self.loss_sum, dtype=torch.float64),
+                         "loss_count": torch.tensor(self.loss_count),
+                         "seconds": torch.tensor(self.elapsed(), dtype=torch.float64)}, self.state_path)
+        if self.step == self.stage.num_steps or time.perf_counter() - self.last_plot > PLOT_EVERY_SECONDS:
+            plot_log(self.run_dir)
+            self.last_plot = time.perf_counter()
+
+    def finish(self) -> nn.Module:
+        """Run the stage's finish step, then write its weights file, last; returns the EMA model."""
+        self.progress.close()
+        print(f"stage {self.stage.name}: {self.step} steps in {self.elapsed() / 60:.1f} minutes of training")
+        ema_model = self.ema.module.eval()
+        if self.stage.finish is not None:
+            with torch.no_grad():
+                self.stage.finish(ema_model)
+        ema_state = ema_model.state_dict()
+        save_atomically({"model": self.model.state_dict(), "ema": ema_state, "step": torch.tensor(self.step),
+                         "fingerprint": fingerprint(ema_state), "built_on": self.built_on},
+                        self.run_dir / WEIGHTS_FILES[self.stage.name])
+        return ema_model
+
+
 def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.device) -> nn.Module:
     """Train `stage` to `stage.num_steps`, resuming from state_<stage>.pt if there is one; then run
     its finish step and write its weights file. Returns the EMA copy of the model, which is what
     samples and later stages use."""
     run_dir = Path(run_dir)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    settings = config.train
-    model = stage.model.to(device)
-    optimizer, group_options = make_optimizer(stage, model, settings.weight_decay)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    ema = make_ema(model, settings.ema_decay)
-    generator = torch.Generator(device).manual_seed(stage_seed(config.seed, stage.name))
-    built_on = inputs_of(run_dir, stage.name)  # {input stage: fingerprint of the weights trained against}
-
-    state_path = state_file(run_dir, stage.name)
-    step, seconds_before = 0, 0.0  # seconds_before: training time of earlier sessions of the stage
-    loss_sum, loss_count = 0.0, 0  # every step's loss so far: their mean is the yardstick for divergence
-    if state_path.is_file():
-        state = load_checkpoint(state_path, ("model", "ema", "optimizer", "step", "generator", "seconds"))
-        check_built_on(run_dir, stage.name, state_path)
-        step = int(state["step"])
-        if step > stage.num_steps:
-            raise ValueError(f"{state_path} is at step {step}, past train.{stage.name}_steps {stage.num_steps}; "
-                             f"ask for {step} steps or more (--train.{stage.name}_steps {step})")
-        load_state_dict(model, state["model"], state_path)
-        load_state_dict(ema, state["ema"], state_path)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        seconds_before = float(state["seconds"])
-        loss_sum, loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
-        # log rows written after that checkpoint belong to the lost part of the run
-        write_log(run_dir, [row for row in read_log(run_dir)
-                            if row["stage"] != stage.name or int(row["step"]) <= step])
-        print(f"stage {stage.name}: resuming from step {step} ({state_path})")
-
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - start_time
-
-    def set_learning_rates(step: int) -> None:
-        """Each group's rate for 0-based `step`, from this config (not the checkpoint's)."""
-        factor = learning_rate_factor(step, settings.warmup_steps, stage.num_steps)
-        for group, option in zip(optimizer.param_groups, group_options):
-            group["lr"] = stage.learning_rates[option] * factor
-            group["weight_decay"] = settings.weight_decay
-
-    def diverged(why: str) -> TrainingDiverged:
-        progress.close()
-        kept = (f"{state_path.name} (step {checkpoint_step(state_path)}), the last checkpoint whose weights gave "
-                f"a sound loss" if state_path.is_file() else "no checkpoint (none was written yet)")
-        lower = [f"--{option} {stage.learning_rates[option] / 4:g}" for option in group_options]
-        return TrainingDiverged(f"stage {stage.name}: {why}; stopping and keeping {kept}. Lower the learning "
-                                f"rate and run again, for example {train_command(run_dir, *lower)}")
-
-    def check_loss(value: float) -> None:
-        """A NaN or infinite loss, or one over DIVERGENCE_FACTOR times the stage's mean so far, stops it."""
-        if not math.isfinite(value):
-            raise diverged(f"the loss became {value} at step {step + 1}")
-        if loss_count and value > DIVERGENCE_FACTOR * loss_sum / loss_count:
-            raise diverged(f"the loss rose to {value:.4g} at step {step + 1}, over {DIVERGENCE_FACTOR:g} times "
-                           f"the stage's mean so far ({loss_sum / loss_count:.4g})")
-
-    def save_state(generator_state: torch.Tensor) -> None:
-        for module in (model, ema):
-            try:
-                check_finite(module.state_dict(), state_path.name)
-            except ValueError:
-                raise diverged(f"the weights became non-finite by step {step}") from None
-        save_atomically({"model": model.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": optimizer.state_dict(), "step": torch.tensor(step),
-                         "generator": generator_state, "built_on": built_on,
-                         "loss_sum": torch.tensor(loss_sum, dtype=torch.float64), "loss_count": torch.tensor(loss_count),
-                         "seconds": torch.tensor(elapsed(), dtype=torch.float64)}, state_path)
-        nonlocal last_plot
-        if step == stage.num_steps or time.perf_counter() - last_plot > PLOT_EVERY_SECONDS:
-            plot_log(run_dir)
-            last_plot = time.perf_counter()
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=settings.mixed_precision and device.type == "cuda")
+    run, settings = StageRun(stage, config, run_dir, device), config.train
     log_rows = read_log(run_dir)
-    start_time = last_plot = time.perf_counter()
-    model.train()
-    progress = tqdm(total=stage.num_steps, initial=step, desc=f"stage {stage.name}", dynamic_ncols=True)
-    # A checkpoint of `step` is written once the next step's loss has shown its weights sound, so that
+    run.model.train()
+    # A checkpoint of a step is written once the next step's loss has shown its weights sound, so that
     # the one kept after a divergence never holds weights that had already blown up.
     checkpoint_due = False
-    for batch in stage.batches(step):
-        # before this step's draws: what a checkpoint of `step`, due now, holds
-        generator_state = generator.get_state() if checkpoint_due else None
-        with autocast:
-            loss, values = stage.loss(batch, generator)
-        loss_value = loss.item()  # one host sync a step
-        check_loss(loss_value)
+    for batch in stage.batches(run.step):
+        # before this step's draws: what a checkpoint of the step, due now, holds
+        generator_state = run.generator.get_state() if checkpoint_due else None
+        loss, loss_value, values = run.loss(batch)
         if checkpoint_due:
-            save_state(generator_state)
+            run.save_state(generator_state)
             checkpoint_due = False
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
-        set_learning_rates(step)
-        optimizer.step()
-        ema.update_parameters(model)
-        step += 1
-        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.4f}")
-
-        if step % settings.log_every == 0 or step == stage.num_steps:
-            seconds = f"{elapsed():.1f}"
-            for name, value in {"loss": loss_value, **values}.items():
-                log_rows.append({"stage": stage.name, "step": step, "seconds": seconds,
-                                 "name": name, "value": f"{value:.6g}"})
+        run.update(loss, loss_value)
+        step, last = run.step, run.step == stage.num_steps
+        if step % settings.log_every == 0 or last:
+            log_rows += [{"stage": stage.name, "step": step, "seconds": f"{run.elapsed():.1f}", "name": name,
+                          "value": f"{value:.6g}"} for name, value in {"loss": loss_value, **values}.items()]
             write_log(run_dir, log_rows)
-        if stage.write_samples is not None and (step % settings.sample_every == 0 or step == stage.num_steps):
-            ema.module.eval()
+        if stage.write_samples is not None and (step % settings.sample_every == 0 or last):
+            run.ema.module.eval()
             with torch.no_grad():
-                stage.write_samples(ema.module, step)
-        if step == stage.num_steps:  # the last checkpoint: no later loss to wait for
-            save_state(generator.get_state())
+                stage.write_samples(run.ema.module, step)
+        if last:  # the last checkpoint: no later loss to wait for
+            run.save_state(run.generator.get_state())
         elif step % settings.checkpoint_every == 0:
             checkpoint_due = True
-    progress.close()
-
-    print(f"stage {stage.name}: {step} steps in {elapsed() / 60:.1f} minutes of training")
-    ema.module.eval()
-    if stage.finish is not None:
-        with torch.no_grad():
-            stage.finish(ema.module)
-    ema_state = ema.module.state_dict()
-    save_atomically({"model": model.state_dict(), "ema": ema_state, "step": torch.tensor(step),
-                     "fingerprint": fingerprint(ema_state), "built_on": built_on},
-                    run_dir / WEIGHTS_FILES[stage.name])
-    return ema.module
+    return run.finish()

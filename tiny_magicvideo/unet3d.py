@@ -11,9 +11,7 @@ Video mode (`UNet3D.from_image`, "inflation") keeps every image weight and adds 
 - a frame-wise adaptor after every 2D convolution: frame i gets its own per-channel scale and
   shift, z_i = S_i * conv(z_i) + B_i, starting at S = 1, B = 0 (the identity);
 - directed temporal attention beside every spatial transformer, on the same input, its output
-  added: h <- SpatialTransformer(h) + TemporalAttention(h), the second starting at zero (and at the
-  levels in unet.temporal_only_levels, which have no spatial transformer, h <- h + TemporalAttention(h);
-  not in the paper);
+  added: h <- SpatialTransformer(h) + TemporalAttention(h), the second starting at zero;
 - a frame-rate embedding added to the step embedding, its last layer starting at zero.
 
 So a freshly inflated video U-Net computes exactly what the image U-Net computes, frame by frame,
@@ -36,7 +34,7 @@ import torch.nn.functional as F
 
 from .attention import SpatialTransformer, TemporalAttention
 from .config import UNetConfig
-from .vae import ResBlock2d, group_norm
+from .layers import ResBlock2d, group_norm
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -102,22 +100,37 @@ class ResBlock(ResBlock2d):
 
 
 class Level(nn.Module):
-    """One resolution's ResBlocks, each followed by a spatial transformer where there is one, and in
-    video mode a temporal attention beside each spatial transformer (or alone, with `temporal`)."""
+    """One resolution's ResBlocks, each followed by a spatial transformer where the level has
+    attention, and in video mode a temporal attention beside each spatial transformer."""
 
     def __init__(self, channels_in: list[int], channels: int, embedding_dim: int, attention: bool,
-                 num_heads: int, context_width: int, max_frames: int | None, temporal_text: bool = False,
-                 temporal: bool = False):
+                 num_heads: int, context_width: int, max_frames: int | None, temporal_text: bool = False):
         super().__init__()
         self.resblocks = nn.ModuleList(ResBlock(c, channels, embedding_dim, max_frames) for c in channels_in)
         self.transformers = nn.ModuleList(
             SpatialTransformer(channels, num_heads, context_width) if attention else nn.Identity()
             for _ in channels_in)
-        video_attention = (attention or temporal) and max_frames is not None
         self.temporal = nn.ModuleList(
             TemporalAttention(channels, num_heads, max_frames, context_width if temporal_text else None)
-            if video_attention else nn.Identity()
+            if attention and max_frames is not None else nn.Identity()
             for _ in channels_in)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor, frame_index: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                skips: list[torch.Tensor] | None = None, saved: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """h (B*T, C, H, W) through every block. Going up, each block first takes the last of `skips`
+        (popped) beside h; going down, each block's output is appended to `saved`."""
+        for resblock, spatial, temporal in zip(self.resblocks, self.transformers, self.temporal):
+            if skips is not None:
+                h = torch.cat([h, skips.pop()], dim=1)  # (B*T, C + C_skip, H, W)
+            h = block_input = resblock(h, embedding, frame_index)
+            if isinstance(spatial, SpatialTransformer):
+                h = spatial(block_input, context, context_mask)
+            if isinstance(temporal, TemporalAttention):  # parallel to the spatial one, on the same input
+                h = h + temporal(block_input, frame_index, context, context_mask, attention_mask)
+            if saved is not None:
+                saved.append(h)
+        return h
 
 
 class UNet3D(nn.Module):
@@ -141,9 +154,9 @@ class UNet3D(nn.Module):
         self.conv_in = nn.Conv2d(latent_channels, base, 3, padding=1)
         self.adaptor_in = frame_adaptor(base, max_frames)
 
-        def level(inputs, width, attention, temporal=False):
+        def level(inputs, width, attention):
             return Level(inputs, width, embedding_dim, attention, config.num_heads, context_width, max_frames,
-                         config.temporal_text, temporal)
+                         config.temporal_text)
 
         # down path: remember the channels of every skip connection it leaves behind
         skips, channels = [base], base
@@ -151,7 +164,7 @@ class UNet3D(nn.Module):
         self.downsample_adaptors = nn.ModuleList()
         for index, width in enumerate(widths):
             self.down.append(level([channels] + [width] * (config.num_res_blocks - 1), width,
-                                   index in config.attention_levels, index in config.temporal_only_levels))
+                                   index in config.attention_levels))
             channels = width
             skips += [width] * config.num_res_blocks
             last = index == len(widths) - 1
@@ -171,8 +184,7 @@ class UNet3D(nn.Module):
             for _ in range(config.num_res_blocks + 1):
                 inputs.append(channels + skips.pop())
                 channels = width
-            self.up.append(level(inputs, width, index in config.attention_levels,
-                                 index in config.temporal_only_levels))
+            self.up.append(level(inputs, width, index in config.attention_levels))
             self.upsample.append(nn.Identity() if index == 0 else nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)))
             self.upsample_adaptors.append(nn.Identity() if index == 0 or max_frames is None
@@ -251,30 +263,18 @@ class UNet3D(nn.Module):
         if context_mask is not None:
             context_mask = context_mask.repeat_interleave(num_frames, dim=0)
 
-        def run(level: Level, h: torch.Tensor, skips: list | None = None, saved: list | None = None):
-            for resblock, spatial, temporal in zip(level.resblocks, level.transformers, level.temporal):
-                if skips is not None:
-                    h = torch.cat([h, skips.pop()], dim=1)
-                h = block_input = resblock(h, embedding, frame_index)
-                if isinstance(spatial, SpatialTransformer):
-                    h = spatial(block_input, context, context_mask)
-                if isinstance(temporal, TemporalAttention):  # parallel to the spatial one, on the same input
-                    h = h + temporal(block_input, frame_index, context, context_mask, attention_mask)
-                if saved is not None:
-                    saved.append(h)
-            return h
-
+        conditions = (embedding, frame_index, context, context_mask, attention_mask)  # what every level reads
         h = self.conv_in(latents.transpose(1, 2).flatten(0, 1))  # (B, C, T, H, W) -> (B*T, C, H, W)
         h = adapt(self.adaptor_in, h, frame_index)
         saved = [h]
         for level, downsample, adaptor in zip(self.down, self.downsample, self.downsample_adaptors):
-            h = run(level, h, saved=saved)
+            h = level(h, *conditions, saved=saved)
             if not isinstance(downsample, nn.Identity):
                 h = adapt(adaptor, downsample(h), frame_index)
                 saved.append(h)
-        h = run(self.middle, h)
+        h = self.middle(h, *conditions)
         for level, upsample, adaptor in zip(self.up, self.upsample, self.upsample_adaptors):
-            h = adapt(adaptor, upsample(run(level, h, skips=saved)), frame_index)
+            h = adapt(adaptor, upsample(level(h, *conditions, skips=saved)), frame_index)
         out = adapt(self.adaptor_out, self.conv_out(F.silu(self.norm_out(h))), frame_index)  # (B*T, C, H, W)
         return out.unflatten(0, (batch, num_frames)).transpose(1, 2)  # -> (B, C, T, H, W)
 

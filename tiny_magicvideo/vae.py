@@ -24,37 +24,13 @@ temporal layers that see the whole clip.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VAEConfig
-from .runs import load_run_config, load_weights, train_command
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups, as many as divide the channel count."""
-    groups = math.gcd(channels, 32)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
-
-
-class ResBlock2d(nn.Module):
-    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 projection when channels change."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
+from .layers import ResBlock2d, group_norm
 
 
 def level_channels(config: VAEConfig) -> list[int]:
@@ -163,13 +139,15 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
 
+    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """mean |x_hat - x| (vae.reconstruction_loss l1) or mean (x_hat - x)^2 (mse), any shape."""
+        error = reconstruction - target
+        return error.abs().mean() if self.config.reconstruction_loss == "l1" else error.pow(2).mean()
+
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """(total loss, {"reconstruction": ..., "kl": ...}) for a batch of images in [-1, 1]."""
         reconstruction, posterior = self(x, generator)
-        if self.config.reconstruction_loss == "l1":
-            reconstruction_loss = (reconstruction - x).abs().mean()
-        else:
-            reconstruction_loss = ((reconstruction - x) ** 2).mean()
+        reconstruction_loss = self.reconstruction_loss(reconstruction, x)
         kl = posterior.kl().mean()
         total = reconstruction_loss + self.config.kl_weight * kl
         return total, {"reconstruction": reconstruction_loss.item(), "kl": kl.item()}
@@ -186,18 +164,24 @@ class AutoencoderKL(nn.Module):
         z = z * self.scaling_factor
         return z.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B*T, c, h, w) -> (B, c, T, h, w)
 
+    def decode_frames(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """z (B*T, c, h, w), unscaled, the frames of B clips in order -> (B*T, 3, H, W): each frame on
+        its own (num_frames is for the VideoVAE, whose decoder sees the clip)."""
+        return self.decode(z)
+
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, 4, T, h, w) -> (B, 3, T, H, W), each frame decoded on its own."""
+        """Scaled latents (B, 4, T, h, w) -> (B, 3, T, H, W)."""
         batch, _, num_frames, _, _ = latents.shape
         z = latents.transpose(1, 2).flatten(0, 1) / self.scaling_factor  # (B*T, c, h, w)
-        frames = self.decode(z)
+        frames = self.decode_frames(z, num_frames)
         return frames.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
 
     def reconstruct_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> the same clips through encoder (posterior mean) and decoder, in [-1, 1]."""
+        """(B, 3, T, H, W) -> the same clips through encoder (posterior mean) and decoder, in [-1, 1].
+        Unscaled latents throughout, so that it works before the scaling factor is measured."""
         batch, _, num_frames, _, _ = video.shape
         frames = video.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> (B*T, C, H, W)
-        decoded = self.decode(self.encode(frames).mean).clamp(-1, 1)
+        decoded = self.decode_frames(self.encode(frames).mean, num_frames).clamp(-1, 1)
         return decoded.unflatten(0, (batch, num_frames)).transpose(1, 2)  # -> (B, 3, T, H, W)
 
     @property
@@ -289,26 +273,16 @@ class VideoVAE(AutoencoderKL):
             raise RuntimeError(f"VideoVAE.from_image: weights that found no place: {unexpected or missing}")
         return video_vae
 
-    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, 4, T, h, w) -> (B, 3, T, H, W), decoded as clips."""
-        batch, _, num_frames, _, _ = latents.shape
-        z = latents.transpose(1, 2).flatten(0, 1) / self.scaling_factor  # (B*T, c, h, w)
-        frames = self.decoder(z, num_frames)
-        return frames.unflatten(0, (batch, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
-
-    def reconstruct_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> the clips through the encoder (posterior mean) and the video decoder."""
-        return self.decode_video(self.encode_video(video)).clamp(-1, 1)
+    def decode_frames(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """z (B*T, c, h, w), unscaled, the frames of B clips in order -> (B*T, 3, H, W), decoded as clips."""
+        return self.decoder(z, num_frames)
 
     def video_loss(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(total, {"reconstruction", "temporal"}) for clips (B, 3, T, H, W) in [-1, 1]."""
         with torch.no_grad():  # the frozen encoder gives the latents the diffusion model also sees
             latents = self.encode_video(video)
         decoded = self.decode_video(latents)
-        if self.config.reconstruction_loss == "l1":
-            reconstruction = (decoded - video).abs().mean()
-        else:
-            reconstruction = ((decoded - video) ** 2).mean()
+        reconstruction = self.reconstruction_loss(decoded, video)
         temporal = ((decoded.diff(dim=2) - video.diff(dim=2)).abs()).mean()  # differences along T
         total = reconstruction + self.config.temporal_loss_weight * temporal
         return total, {"reconstruction": reconstruction.item(), "temporal": temporal.item()}
@@ -321,23 +295,3 @@ def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, generator: 
     latents = torch.cat([vae.encode(images[i:i + batch_size]).sample(generator)
                          for i in range(0, len(images), batch_size)])
     return 1.0 / latents.std().item()
-
-
-def _load_from_run(model_class, run_dir, filename: str, device):
-    """A model of `model_class` built from the run's vae config, with the EMA weights of `filename`."""
-    model = model_class(load_run_config(run_dir).vae)
-    load_weights(model, Path(run_dir) / filename)
-    return model.to(device).eval()
-
-
-def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
-    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
-    return _load_from_run(AutoencoderKL, run_dir, "vae.pt", device)
-
-
-def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
-    """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
-    if not (Path(run_dir) / "videovae.pt").is_file():
-        raise FileNotFoundError(f"{run_dir} has no VideoVAE (videovae.pt): train it with "
-                                f"{train_command(run_dir, '--stage', 'videovae')}")
-    return _load_from_run(VideoVAE, run_dir, "videovae.pt", device)
