@@ -96,3 +96,31 @@ def test_temporal_attention_mixes_frames_only_forwards_and_only_within_a_clip():
         assert difference[1].max() == 0  # the other clip
         assert difference[0, :2].max() < 1e-6  # earlier frames
         assert (difference[0, 2:, 1, 1] > 1e-4).all()  # frame 2 and later at that location
+
+
+def per_location_temporal_attention(temporal, x, frame_index, context, context_mask):
+    """TemporalAttention with text written the direct way: each location's T tokens cross-attend to
+    their own copy of the clip's text, whose keys and values are then projected H*W times."""
+    num_frames, (frames_in_batch, c, h, w) = len(frame_index), x.shape
+    batch = frames_in_batch // num_frames
+    tokens = temporal.norm(x).reshape(batch, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
+    tokens = temporal.proj_in(tokens) + temporal.frame_position[frame_index]
+    tokens = tokens + temporal.attention(temporal.norm1(tokens), attention_mask=causal_mask(num_frames))
+    text = context[::num_frames].repeat_interleave(h * w, dim=0)  # (B*H*W, L, D)
+    text_mask = context_mask[::num_frames].repeat_interleave(h * w, dim=0)
+    tokens = tokens + temporal.cross_attention(temporal.norm_cross(tokens), text, key_mask=text_mask)
+    tokens = temporal.proj_out(tokens + temporal.feed_forward(temporal.norm2(tokens)))
+    return tokens.reshape(batch, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(frames_in_batch, c, h, w)
+
+
+def test_temporal_cross_attention_projects_the_text_once_per_clip_and_gives_the_per_location_result():
+    temporal = moved_off_initial_values(TemporalAttention(16, 4, max_frames=3, context_width=8))
+    x = torch.randn(2 * 3, 16, 2, 2)  # (B*T, C, H, W): 2 clips of 3 frames, 2x2 locations
+    context = torch.randn(2, 5, 8).repeat_interleave(3, dim=0)  # one copy per frame, as the U-Net passes it
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]]).repeat_interleave(3, dim=0)
+    projected = []
+    temporal.cross_attention.to_k.register_forward_hook(lambda module, inputs, output: projected.append(output.shape))
+    out = temporal(x, torch.arange(3), context, mask)
+    assert projected == [(2, 5, 16)]  # the text's keys: once per clip, not once per location (2 * 4)
+    assert torch.allclose(out, per_location_temporal_attention(temporal, x, torch.arange(3), context, mask),
+                          atol=1e-5)

@@ -35,3 +35,33 @@ def test_lesson_times_sums_the_recorded_cell_times():
         "iopub.execute_input": "2026-12-02T01:00:00.000000Z", "shell.execute_reply": "2026-12-02T01:01:30.500000Z"}}}
     assert lesson_times.cell_seconds(executed) == pytest.approx(90.5)
     assert lesson_times.cell_seconds({"cell_type": "code", "metadata": {}}) is None
+
+
+@pytest.mark.parametrize("sampling", [
+    dict(sampling="frame_by_frame", image_model_below=500, unguided_below=500),
+    dict(sampling="frame_by_frame", frame_cache=False, image_model_below=500, unguided_below=500),
+    dict(sampling="joint", image_model_below=0, unguided_below=0)])
+def test_flops_prices_a_clip_as_the_counter_counts_the_real_run(sampling):
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tiny_magicvideo.config import get_preset
+    from tiny_magicvideo.pipeline import TextToVideo
+    from tiny_magicvideo.runs import text_to_image_model, text_to_video_model
+    from tiny_magicvideo.vae import AutoencoderKL
+
+    flops = load_script("flops")
+    config = get_preset("smoke")
+    config.diffusion = dataclasses.replace(config.diffusion, past_frames="clean")
+    priced = sum(flops.clip_flops(config, 3, **sampling).values())
+    # the same clip sampled for real, every attention as its explicit formula, counted whole
+    config.vae.scaling_factor = 1.0
+    image_model = flops.explicit_attention(text_to_image_model(config).eval())
+    video_model = flops.explicit_attention(text_to_video_model(text_to_image_model(config), config).eval())
+    pipeline = TextToVideo(AutoencoderKL(config.vae).eval(), video_model["text_encoder"], video_model["unet"],
+                           config, image_model)
+    with FlopCounterMode(display=False) as counter:
+        pipeline(flops.PROMPT, num_inference_steps=3, **sampling)
+    assert priced == pytest.approx(counter.get_total_flops() / flops.GIGA, rel=1e-9)

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import train
-from tiny_magicvideo.config import DiffusionConfig
-from tiny_magicvideo.diffusion import GaussianDiffusion
-from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip, two_experts
+from tiny_magicvideo.attention import FrameCache
+from tiny_magicvideo.config import DiffusionConfig, UNetConfig
+from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance
+from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip, two_experts, with_frame_cache
+from tiny_magicvideo.unet3d import UNet3D
 from tiny_magicvideo.vae import VideoVAE
 
 
@@ -97,6 +99,54 @@ def test_two_experts_hand_frame_k_alone_to_the_image_model_below_the_step(clean_
     d.ddim_sample(two_experts(video_model, image_model, 500), noise, 6, progress=False)  # jointly: the whole clip
     assert video_steps == [s for s in timesteps if s >= 500]
     assert image_calls == [((2, 3, 3, 5, 5), [s, s]) for s in timesteps if s < 500]
+
+
+def random_video_unet(temporal_text: bool) -> UNet3D:
+    """A small inflated U-Net with every weight moved off its initial value, the temporal attention's
+    zero output projection included, so that frames do see each other."""
+    torch.manual_seed(0)
+    config = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2,
+                        temporal_text=temporal_text)
+    unet = UNet3D.from_image(UNet3D(config, latent_channels=4, context_width=8), max_frames=4)
+    for parameter in unet.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    return unet.eval()
+
+
+@pytest.mark.parametrize("temporal_text", [False, True])
+def test_the_frame_cache_gives_the_clip_of_the_uncached_sampler_with_guidance_and_both_experts(temporal_text):
+    video_unet, image_unet = random_video_unet(temporal_text), UNet3D(
+        UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2), 4, 8)
+    d = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    g = torch.Generator().manual_seed(1)
+    context, mask = torch.randn(2, 5, 8, generator=g), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    conditional = {"context": context, "context_mask": mask, "fps": torch.tensor([8.0, 4.0])}
+    unconditional = {"context": torch.zeros(2, 5, 8), "context_mask": torch.ones(2, 5, dtype=torch.bool),
+                     "fps": torch.tensor([8.0, 4.0])}
+    noise = torch.randn(2, 4, 4, 8, 8, generator=g)  # (B, C, T, H, W)
+    calls = []
+
+    def sample(video_model, image_model_below):
+        """Guided above step 400 (both conditions, 2B rows) and unguided below (B rows)."""
+        video = classifier_free_guidance(video_model, conditional, unconditional, 2.0, unguided_below=400)
+        image = classifier_free_guidance(image_unet, {"context": context, "context_mask": mask},
+                                         {"context": unconditional["context"], "context_mask": mask}, 2.0)
+        denoiser = two_experts(video, image, image_model_below) if image_model_below else video
+        return d.ddim_sample_frame_by_frame(denoiser, noise, 5, progress=False, clean_past=True)
+
+    def counted(x, t, **condition):
+        calls.append(x.shape[2])  # frames computed
+        return video_unet(x, t, **condition)
+
+    for image_model_below in (0, 300):
+        calls.clear()
+        cached = sample(with_frame_cache(counted, FrameCache()), image_model_below)
+        assert set(calls) == {1}  # frame k alone, and each finished frame recorded once
+        uncached = sample(video_unet, image_model_below)
+        assert torch.allclose(cached, uncached, atol=1e-4), (cached - uncached).abs().max()
+    with pytest.raises(ValueError, match="past_frames clean"):  # noised finished frames change at every step
+        conditioned = lambda x, t, **cache: video_unet(x, t, **conditional, **cache)
+        d.ddim_sample_frame_by_frame(with_frame_cache(conditioned, FrameCache()), noise, 5, progress=False)
 
 
 def test_unguided_below_changes_only_the_steps_below_it(smoke_run):

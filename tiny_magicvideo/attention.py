@@ -71,17 +71,25 @@ class MultiHeadAttention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, L, width) -> (B, H, L, d)
 
+    def project(self, tokens: torch.Tensor, context: torch.Tensor | None = None):
+        """Queries from `tokens`, keys and values from `context` (or `tokens`), each (B, H, L, d)."""
+        context = tokens if context is None else context
+        return tuple(self.split_heads(proj(x)) for proj, x in
+                     ((self.to_q, tokens), (self.to_k, context), (self.to_v, context)))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of the projected heads, merged and projected out: (B, H, L, d) -> (B, L, width)."""
+        out = scaled_dot_product_attention(q, k, v, mask, fused=self.fused)  # (B, H, L, d)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
     def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """attention_mask (Lq, Lk), True where allowed, is combined with key_mask (causal masks)."""
-        context = tokens if context is None else context
-        q, k, v = (self.split_heads(proj(x)) for proj, x in
-                   ((self.to_q, tokens), (self.to_k, context), (self.to_v, context)))
+        q, k, v = self.project(tokens, context)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk)
         if attention_mask is not None:
             mask = attention_mask if mask is None else mask & attention_mask
-        out = scaled_dot_product_attention(q, k, v, mask, fused=self.fused)  # (B, H, L, d)
-        return self.to_out(out.transpose(1, 2).flatten(2))  # (B, H, L, d) -> (B, L, width)
+        return self.attend(q, k, v, mask)
 
 
 class FeedForward(nn.Module):
@@ -131,9 +139,48 @@ class SpatialTransformer(nn.Module):
         return x + tokens.transpose(1, 2).reshape(n, c, h, w)  # (N, H*W, C) -> (N, C, H, W)
 
 
-def causal_mask(num_frames: int, device: torch.device | None = None) -> torch.Tensor:
-    """(T, T) bool, True on and below the diagonal: query frame i may attend to key frames 0..i."""
-    return torch.ones(num_frames, num_frames, dtype=torch.bool, device=device).tril()
+def causal_mask(num_frames: int, device: torch.device | None = None, num_past: int = 0) -> torch.Tensor:
+    """(T, num_past + T) bool: query frame i (the clip's frame num_past + i) may attend to key frames
+    0..num_past + i. With no past frames, (T, T), True on and below the diagonal."""
+    return torch.ones(num_frames, num_past + num_frames, dtype=torch.bool, device=device).tril(num_past)
+
+
+class FrameCache:
+    """The keys and values that finished frames give each temporal attention, kept so that a later
+    frame can be denoised alone beside them: a language model's KV cache, over frames.
+
+    Causal attention lets frame k change no earlier frame, so frames 0..k-1 give every layer the same
+    keys and values whatever frame k holds, as long as their own inputs stay the same: frame-by-frame
+    sampling beside clean finished frames (diffusion.past_frames clean) shows them at step 0 at every
+    step. A frame is recorded once, when it is finished (`recording`); each denoising step of the next
+    runs the U-Net on that frame alone and attends to the kept keys and values (pipeline.with_frame_cache).
+
+    Rows: classifier-free guidance runs [unconditional; conditional] in one batch of 2B and, below
+    diffusion.unguided_below, the conditional B alone; a call with fewer rows than were recorded reads
+    the last ones, the conditional rows.
+    """
+
+    def __init__(self):
+        self.keys: dict[nn.Module, torch.Tensor] = {}  # per attention: (rows*H*W, heads, frames, d)
+        self.values: dict[nn.Module, torch.Tensor] = {}
+        self.num_frames = 0  # frames recorded
+        self.recording = False
+
+    def attend(self, attention: MultiHeadAttention, tokens: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of `tokens` (N, T, C), frames num_frames.. of their clips, over the
+        recorded frames and themselves; when recording, their keys and values are kept."""
+        q, k, v = attention.project(tokens)  # (N, heads, T, d)
+        if attention in self.keys:
+            kept = len(self.keys[attention])
+            if len(q) > kept or (self.recording and len(q) != kept):
+                raise ValueError(f"FrameCache: {len(q)} rows against the {kept} recorded; record and read with "
+                                 f"the same guidance batch (or its conditional half)")
+            k = torch.cat([self.keys[attention][-len(q):], k], dim=2)  # (N, heads, frames + T, d)
+            v = torch.cat([self.values[attention][-len(q):], v], dim=2)
+        if self.recording:
+            self.keys[attention], self.values[attention] = k, v
+        mask = causal_mask(q.shape[2], q.device, num_past=k.shape[2] - q.shape[2])
+        return attention.attend(q, k, v, mask)
 
 
 class TemporalAttention(nn.Module):
@@ -164,11 +211,13 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor, frame_index: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache: FrameCache | None = None) -> torch.Tensor:
         """x (B*T, C, H, W); frame_index (T,), each frame's position in its clip (0..T-1 for a plain
         clip); with cross-attention, the text context (B*T, L, D) and mask (B*T, L), one copy per
         frame as the spatial transformer gets them. attention_mask (T, T), True where frame i may
-        attend to frame j: by default causal_mask(T)."""
+        attend to frame j: by default causal_mask(T). cache: the T frames follow the finished frames
+        it holds, and attend to them too (FrameCache)."""
         num_frames = len(frame_index)
         frames_in_batch, c, h, w = x.shape
         batch = frames_in_batch // num_frames
@@ -177,12 +226,18 @@ class TemporalAttention(nn.Module):
         # (B*T, C, H, W) -> (B, T, C, H*W) -> (B, H*W, T, C) -> (B*H*W, T, C)
         tokens = self.norm(x).reshape(batch, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
         tokens = self.proj_in(tokens) + self.frame_position[frame_index]
-        tokens = tokens + self.attention(self.norm1(tokens), attention_mask=attention_mask)
+        if cache is None:
+            tokens = tokens + self.attention(self.norm1(tokens), attention_mask=attention_mask)
+        else:
+            tokens = tokens + cache.attend(self.attention, self.norm1(tokens))
         if self.cross_attention is not None:
-            # one copy of the clip's text per spatial location: (B*T, L, D) -> (B, L, D) -> (B*H*W, L, D)
-            context = context[::num_frames].repeat_interleave(h * w, dim=0)
-            context_mask = None if context_mask is None else context_mask[::num_frames].repeat_interleave(h * w, dim=0)
-            tokens = tokens + self.cross_attention(self.norm_cross(tokens), context, key_mask=context_mask)
+            # Every token of a clip reads the same text, and queries do not see each other, so the
+            # clip's H*W*T tokens query its text in one sequence: the keys and values are projected
+            # once per clip, not once per location. (B*H*W, T, C) -> (B, H*W*T, C); text (B*T, L, D) -> (B, L, D)
+            queries = self.norm_cross(tokens).reshape(batch, h * w * num_frames, c)
+            clip_mask = None if context_mask is None else context_mask[::num_frames]
+            update = self.cross_attention(queries, context[::num_frames], key_mask=clip_mask)
+            tokens = tokens + update.reshape(batch * h * w, num_frames, c)
         tokens = self.proj_out(tokens + self.feed_forward(self.norm2(tokens)))
         # (B*H*W, T, C) -> (B, H*W, T, C) -> (B, T, C, H*W) -> (B*T, C, H, W)
         return tokens.reshape(batch, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(frames_in_batch, c, h, w)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .attention import FrameCache
 from .config import Config, check_step
 from .data import frame_rates, video_to_frames
 from .diffusion import Denoiser, GaussianDiffusion, classifier_free_guidance
@@ -57,6 +59,29 @@ def two_experts(video_denoiser: Denoiser, image_denoiser: Denoiser, image_model_
         return image_denoiser(x_t, t)  # jointly: the image U-Net takes each frame of the clip on its own
 
     return denoiser
+
+
+def with_frame_cache(unet: UNet3D, cache: FrameCache) -> Callable[..., torch.Tensor]:
+    """unet(x, t, **condition) for frame-by-frame sampling beside clean finished frames, computing
+    only the newest frame: the clip x (B, C, k+1, H, W) holds finished frames 0..k-1 at step 0 and
+    frame k; those not yet in the cache are recorded once (FrameCache), and the U-Net then runs on
+    frame k alone beside them. Returns frame k's prediction, (B, C, 1, H, W), all that
+    GaussianDiffusion.ddim_sample_frame_by_frame reads. The same prediction as unet on the whole clip
+    (tests/test_pipeline.py), at 1/(k+1) of its cost."""
+
+    def newest_frame(x: torch.Tensor, t: torch.Tensor, **condition) -> torch.Tensor:
+        newest = x.shape[2] - 1  # frame k
+        if t.ndim != 2 or bool((t[:, :newest] != 0).any()):
+            raise ValueError("the frame cache keeps finished frames that never change: sample frame by frame "
+                             "beside clean finished frames (diffusion.past_frames clean), or without the cache")
+        if cache.num_frames < newest:  # frames finished since the last call
+            recorded = slice(cache.num_frames, newest)
+            cache.recording = True
+            unet(x[:, :, recorded], t[:, recorded], cache=cache, **condition)
+            cache.recording, cache.num_frames = False, newest
+        return unet(x[:, :, newest:], t[:, newest:], cache=cache, **condition)
+
+    return newest_frame
 
 
 class TextToVideo:
@@ -110,11 +135,13 @@ class TextToVideo:
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  fps: float | None = None, seed: int = 0, eta: float = 0.0,
                  sampling: str | None = None, image_model_below: int | None = None,
-                 unguided_below: int | None = None, progress: bool = False) -> VideoOutput:
+                 unguided_below: int | None = None, progress: bool = False, frame_cache: bool = True) -> VideoOutput:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
         num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint"),
         image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
-        below it go without guidance, 0: none), and fps = data.fps (stride 1, the slowest motion)."""
+        below it go without guidance, 0: none), and fps = data.fps (stride 1, the slowest motion).
+        frame_cache: frame by frame beside clean finished frames, compute each frame alone beside
+        their kept keys and values (with_frame_cache; the same clip, within float rounding)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         run = self.config.diffusion
         steps = run.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -124,7 +151,9 @@ class TextToVideo:
         below = run.image_model_below if image_model_below is None else image_model_below
         self._check_settings(scale, eta, sampling, unguided, below)
         num_frames, condition = self._frames_and_rate(len(prompts), num_frames, fps)
-        denoiser = self.denoiser(prompts, condition, scale, unguided, below if self.unet.is_video else 0)
+        cached = (frame_cache and sampling == "frame_by_frame" and run.past_frames == "clean" and self.unet.is_video)
+        denoiser = self.denoiser(prompts, condition, scale, unguided, below if self.unet.is_video else 0,
+                                 FrameCache() if cached else None)
 
         latent_size = self.config.data.image_size // self.config.vae.downsample_factor
         generator = torch.Generator(self.device).manual_seed(seed)
@@ -170,18 +199,20 @@ class TextToVideo:
         return num_frames, {"fps": torch.full((batch,), float(fps), device=self.device)}
 
     def denoiser(self, prompts: list[str], condition: dict, guidance_scale: float, unguided_below: int = 0,
-                 image_model_below: int = 0) -> Denoiser:
+                 image_model_below: int = 0, cache: FrameCache | None = None) -> Denoiser:
         """The U-Net's prediction for `prompts` with classifier-free guidance; with image_model_below
-        > 0, the image model's below that step (two_experts)."""
+        > 0, the image model's below that step (two_experts); with a cache, the video U-Net's
+        frame by frame through with_frame_cache."""
 
-        def guided(text_encoder: TextEncoder, unet: UNet3D, condition: dict) -> Denoiser:
+        def guided(text_encoder: TextEncoder, unet: Callable[..., torch.Tensor], condition: dict) -> Denoiser:
             context, mask = text_encoder(prompts)
             empty_context, empty_mask = text_encoder([""] * len(prompts))
             return classifier_free_guidance(unet, {"context": context, "context_mask": mask, **condition},
                                             {"context": empty_context, "context_mask": empty_mask, **condition},
                                             guidance_scale, unguided_below)
 
-        video_denoiser = guided(self.text_encoder, self.unet, condition)
+        video_unet = self.unet if cache is None else with_frame_cache(self.unet, cache)
+        video_denoiser = guided(self.text_encoder, video_unet, condition)
         if image_model_below == 0:
             return video_denoiser
         if self.image_model is None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import SpatialTransformer, TemporalAttention
+from .attention import FrameCache, SpatialTransformer, TemporalAttention
 from .config import UNetConfig
 from .layers import ResBlock2d, group_norm
 
@@ -116,7 +116,7 @@ class Level(nn.Module):
             for _ in channels_in)
 
     def forward(self, h: torch.Tensor, embedding: torch.Tensor, frame_index: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                context_mask: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: FrameCache | None,
                 skips: list[torch.Tensor] | None = None, saved: list[torch.Tensor] | None = None) -> torch.Tensor:
         """h (B*T, C, H, W) through every block. Going up, each block first takes the last of `skips`
         (popped) beside h; going down, each block's output is appended to `saved`."""
@@ -127,7 +127,7 @@ class Level(nn.Module):
             if isinstance(spatial, SpatialTransformer):
                 h = spatial(block_input, context, context_mask)
             if isinstance(temporal, TemporalAttention):  # parallel to the spatial one, on the same input
-                h = h + temporal(block_input, frame_index, context, context_mask, attention_mask)
+                h = h + temporal(block_input, frame_index, context, context_mask, attention_mask, cache)
             if saved is not None:
                 saved.append(h)
         return h
@@ -228,13 +228,16 @@ class UNet3D(nn.Module):
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None, fps: torch.Tensor | None = None,
-                frame_index: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                frame_index: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache: FrameCache | None = None) -> torch.Tensor:
         """latents (B, C, T, H, W), t (B,) or a step per frame (B, T), context (B, L, D), context_mask
         (B, L), fps (B,) in video mode -> (B, C, T, H, W).
 
         A plain clip's frames sit at positions 0..T-1 and attend causally. Another layout passes each
         frame's position in its clip, frame_index (T,), which picks its adaptor values and position
-        embedding, and the temporal attention's mask (T, T) (diffusion.twin_clip_layout)."""
+        embedding, and the temporal attention's mask (T, T) (diffusion.twin_clip_layout). With a
+        cache, the T frames are the next ones after the finished frames it holds, which they attend
+        to as well (FrameCache)."""
         batch, _, num_frames, height, width = latents.shape
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"latent size {height}x{width} is not divisible by {self.downsampling}, "
@@ -248,10 +251,11 @@ class UNet3D(nn.Module):
             if fps is None:
                 raise ValueError("a video U-Net needs the clips' frame rate: pass fps (B,)")
             if frame_index is None:
-                if not 1 <= num_frames <= self.max_frames:
-                    raise ValueError(f"{num_frames} frames: this video U-Net has frame adaptors for "
+                first = 0 if cache is None else cache.num_frames  # the finished frames come first
+                if not 1 <= first + num_frames <= self.max_frames:
+                    raise ValueError(f"{first + num_frames} frames: this video U-Net has frame adaptors for "
                                      f"1 to {self.max_frames} frames")
-                frame_index = torch.arange(num_frames, device=latents.device)
+                frame_index = torch.arange(first, first + num_frames, device=latents.device)
             elif (frame_index.shape != (num_frames,)
                   or not 0 <= frame_index.min() <= frame_index.max() < self.max_frames):
                 raise ValueError(f"frame_index {frame_index.tolist()}: pass the position in its clip, 0 to "
@@ -263,7 +267,7 @@ class UNet3D(nn.Module):
         if context_mask is not None:
             context_mask = context_mask.repeat_interleave(num_frames, dim=0)
 
-        conditions = (embedding, frame_index, context, context_mask, attention_mask)  # what every level reads
+        conditions = (embedding, frame_index, context, context_mask, attention_mask, cache)  # what every level reads
         h = self.conv_in(latents.transpose(1, 2).flatten(0, 1))  # (B, C, T, H, W) -> (B*T, C, H, W)
         h = adapt(self.adaptor_in, h, frame_index)
         saved = [h]
