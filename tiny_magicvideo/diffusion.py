@@ -232,7 +232,7 @@ class GaussianDiffusion:
         frames 0..k, and they can part ways. Costs 1 + 2 + ... + T frame evaluations, not T.
 
         model(clip (B, C, k+1, H, W), steps (B, k+1)) is read at its last frame, frame k: a model may
-        return that frame's prediction alone, (B, C, 1, H, W) (pipeline.two_experts does so).
+        return that frame's prediction alone, (B, C, 1, H, W) (pipeline.two_experts and with_frame_cache do).
         """
         finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
         for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
