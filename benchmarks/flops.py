@@ -63,10 +63,9 @@ def call_flops(unet: UNet3D, rows: int, frames: int, size: int, context_length: 
         cache = None
         if past:
             cache = FrameCache()
-            cache.recording = True
-            unet(torch.zeros(rows, unet.latent_channels, past, size, size), torch.zeros(rows, past, dtype=torch.long),
-                 context, mask, fps=fps, cache=cache)
-            cache.recording, cache.num_frames = False, past
+            with cache.record(past):
+                unet(torch.zeros(rows, unet.latent_channels, past, size, size),
+                     torch.zeros(rows, past, dtype=torch.long), context, mask, fps=fps, cache=cache)
         x = torch.zeros(rows, unet.latent_channels, frames, size, size)
         with FlopCounterMode(display=False) as counter:
             unet(x, torch.zeros(rows, frames, dtype=torch.long), context, mask, fps=fps, cache=cache)

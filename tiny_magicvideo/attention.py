@@ -27,6 +27,7 @@ on a clean clip and its noisy twin in one sequence.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -152,8 +153,9 @@ class FrameCache:
     Causal attention lets frame k change no earlier frame, so frames 0..k-1 give every layer the same
     keys and values whatever frame k holds, as long as their own inputs stay the same: frame-by-frame
     sampling beside clean finished frames (diffusion.past_frames clean) shows them at step 0 at every
-    step. A frame is recorded once, when it is finished (`recording`); each denoising step of the next
-    runs the U-Net on that frame alone and attends to the kept keys and values (pipeline.with_frame_cache).
+    step. A frame is recorded once, when it is finished (`with cache.record(1): unet(...)`); each
+    denoising step of the next runs the U-Net on that frame alone and attends to the kept keys and
+    values (pipeline.with_frame_cache).
 
     Rows: classifier-free guidance runs [unconditional; conditional] in one batch of 2B and, below
     diffusion.unguided_below, the conditional B alone; a call with fewer rows than were recorded reads
@@ -165,6 +167,17 @@ class FrameCache:
         self.values: dict[nn.Module, torch.Tensor] = {}
         self.num_frames = 0  # frames recorded
         self.recording = False
+
+    @contextlib.contextmanager
+    def record(self, num_frames: int):
+        """Within the block, the U-Net's call on the next `num_frames` frames of each clip keeps their
+        keys and values; afterwards they count as finished (an error inside records nothing as done)."""
+        self.recording = True
+        try:
+            yield self
+        finally:
+            self.recording = False
+        self.num_frames += num_frames
 
     def attend(self, attention: MultiHeadAttention, tokens: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of `tokens` (N, T, C), frames num_frames.. of their clips, over the
@@ -221,14 +234,14 @@ class TemporalAttention(nn.Module):
         num_frames = len(frame_index)
         frames_in_batch, c, h, w = x.shape
         batch = frames_in_batch // num_frames
-        if attention_mask is None:
-            attention_mask = causal_mask(num_frames, x.device)
         # (B*T, C, H, W) -> (B, T, C, H*W) -> (B, H*W, T, C) -> (B*H*W, T, C)
         tokens = self.norm(x).reshape(batch, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
         tokens = self.proj_in(tokens) + self.frame_position[frame_index]
         if cache is None:
+            if attention_mask is None:
+                attention_mask = causal_mask(num_frames, x.device)
             tokens = tokens + self.attention(self.norm1(tokens), attention_mask=attention_mask)
-        else:
+        else:  # the cache builds the mask over its finished frames and these
             tokens = tokens + cache.attend(self.attention, self.norm1(tokens))
         if self.cross_attention is not None:
             # Every token of a clip reads the same text, and queries do not see each other, so the

@@ -237,13 +237,16 @@ class GaussianDiffusion:
         finished = noise[:, :, :0]  # (B, C, 0, H, W): no frame yet
         for k in tqdm(range(noise.shape[2]), desc="DDIM frame by frame", disable=not progress):
             previous_noise = noise[:, :, :k]
+            start = torch.zeros(noise.shape[0], k, dtype=torch.long, device=noise.device)  # (B, k): step 0
+            # clean finished frames look the same at every step of frame k: noised to step 0 once
+            clean = self.q_sample(finished, start, previous_noise) if clean_past else None
 
             def frame_k(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 """x_t (B, C, 1, H, W), frame k at step t (B,) -> its prediction, frames 0..k-1 beside it."""
-                past_steps = torch.zeros_like(t)[:, None].expand(-1, k) if clean_past else t[:, None].expand(-1, k)
+                past_steps = start if clean_past else t[:, None].expand(-1, k)  # (B, k)
+                past = clean if clean_past else self.q_sample(finished, past_steps, previous_noise)
                 steps = torch.cat([past_steps, t[:, None]], dim=1)  # (B, k + 1)
-                clip = torch.cat([self.q_sample(finished, past_steps, previous_noise), x_t], dim=2)
-                return model(clip, steps)[:, :, -1:]
+                return model(torch.cat([past, x_t], dim=2), steps)[:, :, -1:]
 
             frame = self.ddim_sample(frame_k, noise[:, :, k:k + 1], num_inference_steps, eta, generator,
                                      progress=False)

@@ -76,9 +76,8 @@ def with_frame_cache(unet: UNet3D, cache: FrameCache) -> Callable[..., torch.Ten
                              "beside clean finished frames (diffusion.past_frames clean), or without the cache")
         if cache.num_frames < newest:  # frames finished since the last call
             recorded = slice(cache.num_frames, newest)
-            cache.recording = True
-            unet(x[:, :, recorded], t[:, recorded], cache=cache, **condition)
-            cache.recording, cache.num_frames = False, newest
+            with cache.record(newest - cache.num_frames):
+                unet(x[:, :, recorded], t[:, recorded], cache=cache, **condition)
         return unet(x[:, :, newest:], t[:, newest:], cache=cache, **condition)
 
     return newest_frame
