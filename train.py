@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tiny_magicvideo.config import Config, DataConfig, parse_config
-from tiny_magicvideo.data import (check_data_config, frame_rates, frames_to_video, make_loader,
-                                  sample_clip, video_to_frames)
+from tiny_magicvideo.data import (StepBatchSampler, check_data_config, frame_rates, frames_to_video,
+                                  make_loader, sample_clip, video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import TextToVideo, save_video, tile_clips
@@ -120,6 +121,22 @@ def drop_captions(captions: list[str], config: Config, generator: torch.Generato
     return ["" if drop else caption for drop, caption in zip(dropped.tolist(), captions)]
 
 
+def encode_training_frames(vae: AutoencoderKL, config: Config,
+                           device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """Every training frame's scaled latent, (N, 4, 1, h, w) on `device`, and its caption, made once
+    when the image stage starts. The VAE is frozen and the image stage trains on its posterior mean,
+    so a frame encoded again each time a batch draws it (6.4 times in the cpu preset: 4,000 steps of
+    32 frames from 20,000) would give the same latent; the batches then index this tensor. Encoded in
+    the same batches every time, so a resumed stage sees the latents an uninterrupted one sees."""
+    latents, captions = [], []
+    loader = make_loader(single_frames(config.data), "train", config.train.batch_size)  # one pass, in order
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="stage image: encoding the training frames", dynamic_ncols=True):
+            latents.append(vae.encode_video(batch["video"].to(device)))  # (B, 3, 1, H, W) -> (B, 4, 1, h, w)
+            captions += batch["caption"]
+    return torch.cat(latents), captions
+
+
 def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
     model = text_to_image_model(config)
@@ -127,15 +144,16 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     diffusion = GaussianDiffusion(config.diffusion)
 
     def batches(start_step: int):
-        return make_loader(single_frames(config.data), "train", config.train.batch_size, start_step=start_step,
-                           num_steps=config.train.image_steps)
+        if start_step >= config.train.image_steps:
+            return
+        latents, captions = encode_training_frames(vae, config, device)
+        for indices in StepBatchSampler(len(captions), config.train.batch_size, start_step,
+                                        config.train.image_steps):
+            yield {"latents": latents[indices], "caption": [captions[i] for i in indices]}
 
     def loss(batch: dict, generator: torch.Generator):
-        frames = batch["video"].to(device)  # (B, 3, 1, H, W)
-        with torch.no_grad():
-            latents = vae.encode_video(frames)  # (B, 4, 1, h, w)
         context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
-        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask), latents, generator), {}
+        return diffusion.training_loss(lambda x, t: unet(x, t, context, mask), batch["latents"], generator), {}
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)

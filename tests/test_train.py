@@ -1,5 +1,6 @@
 """train.py end to end on the smoke preset."""
 
+import dataclasses
 import errno
 import os
 import signal
@@ -46,6 +47,25 @@ def test_main_job_trains_every_stage_and_skips_finished_ones(tmp_path, capsys):
                 "--stage", "vae", "--train.vae_steps", "25"])
     assert "resuming from step 20" in capsys.readouterr().out
     assert checkpoint_step(run_dir / "vae.pt") == 25
+
+
+def test_the_image_stage_encodes_each_training_frame_once_into_the_latent_it_would_draw(tmp_path):
+    from tiny_magicvideo.config import get_preset
+    from tiny_magicvideo.data import frames_to_video, sample_clip
+    from tiny_magicvideo.vae import AutoencoderKL
+
+    config = get_preset("smoke")
+    config.vae = dataclasses.replace(config.vae, scaling_factor=0.5)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(config.vae).eval()
+    latents, captions = train.encode_training_frames(vae, config, torch.device("cpu"))
+    assert latents.shape[0] == len(captions) == config.data.num_train_clips
+    for index in (0, 5, config.data.num_train_clips - 1):
+        frame, caption, _ = sample_clip(train.single_frames(config.data), "train", index)
+        with torch.no_grad():
+            alone = vae.encode_video(frames_to_video(frame)[None])  # (1, 4, 1, h, w)
+        assert captions[index] == caption
+        torch.testing.assert_close(latents[index:index + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
