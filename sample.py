@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tiny_magicvideo.config import get_preset
+from tiny_magicvideo.data import frame_rates
 from tiny_magicvideo.pipeline import TextToVideo, save_strip, save_video
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--num_frames", type=int, default=None, help="default: the run's data.num_frames")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate to condition on: lower means more motion per frame "
-                             "(default: the run's data.fps)")
+                             "(default: the highest it trained on, data.fps / the smallest data.frame_strides)")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the run's)")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--unguided_below", type=int, default=None,
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
                           sampling=args.sampling, image_model_below=args.image_model_below,
                           unguided_below=args.unguided_below, progress=True)
         frames = result.frames[0]  # (T, H, W, 3)
-        fps = pipeline.config.data.fps if args.fps is None else args.fps
+        fps = max(frame_rates(pipeline.config.data)) if args.fps is None else args.fps
         save_video(frames, out, fps=fps)
         strip = save_strip(frames, out.with_suffix(".png"))
     except (OSError, ValueError) as error:  # FileNotFoundError is an OSError

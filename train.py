@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from tiny_magicvideo.config import Config, DataConfig, parse_config
-from tiny_magicvideo.data import (StepBatchSampler, check_data_config, frame_rates, frames_to_video,
-                                  make_loader, sample_clip, video_to_frames)
+from tiny_magicvideo.data import (StepBatchSampler, VideoDataset, check_data_config, frame_rates, make_loader,
+                                  video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
 from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import TextToVideo, save_video, tile_clips
@@ -31,11 +31,13 @@ from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock,
 from tiny_magicvideo.training import Stage, TrainingDiverged, read_log, stage_seed, train_stage, write_log
 from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, measure_scaling_factor
+from tiny_magicvideo.videos import VideoFiles, caption_words
 
 
 def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
     """The same `count` clips of `split` every time: (count, 3, T, H, W)."""
-    return torch.stack([frames_to_video(sample_clip(config.data, split, i)[0]) for i in range(count)])
+    dataset = VideoDataset(config.data, split, num_clips=count)
+    return torch.stack([dataset[i]["video"] for i in range(count)])
 
 
 def single_frames(data: DataConfig) -> DataConfig:
@@ -114,6 +116,15 @@ SAMPLE_PROMPTS = ("a red circle moving left", "a green square moving up", "a blu
                   "a white disc gliding right", "a green triangle moving up")
 
 
+def sample_prompts(config: Config) -> list[str]:
+    """The prompts of the stages' sample files: SAMPLE_PROMPTS for the moving shapes; for real video,
+    eight captions of validation videos (their distinct captions in order, repeated to eight)."""
+    if config.data.source == "shapes":
+        return list(SAMPLE_PROMPTS)
+    captions = sorted({video["caption"] for video in VideoFiles(config.data).videos["val"]})
+    return [captions[i % len(captions)] for i in range(len(SAMPLE_PROMPTS))]
+
+
 def drop_captions(captions: list[str], config: Config, generator: torch.Generator,
                   device: torch.device) -> list[str]:
     """Classifier-free guidance: each caption becomes "" with probability diffusion.text_drop_prob."""
@@ -141,7 +152,7 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
     model = text_to_image_model(config)
     text_encoder, unet = model["text_encoder"], model["unet"]
-    diffusion = GaussianDiffusion(config.diffusion)
+    diffusion, prompts = GaussianDiffusion(config.diffusion), sample_prompts(config)
 
     def batches(start_step: int):
         if start_step >= config.train.image_steps:
@@ -157,8 +168,8 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
 
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config)
-        images = pipeline(list(SAMPLE_PROMPTS), seed=0).frames[:, 0]  # (N, H, W, 3)
-        draw_image_grid(images, SAMPLE_PROMPTS, run_dir / "samples" / f"image_{step:06d}.png")
+        images = pipeline(prompts, seed=0).frames[:, 0]  # (N, H, W, 3)
+        draw_image_grid(images, prompts, run_dir / "samples" / f"image_{step:06d}.png")
 
     def finish(ema_model: torch.nn.ModuleDict) -> None:
         print(f"stage image: samples in {run_dir / 'samples'}; measure with "
@@ -188,6 +199,7 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     vae = load_vae(run_dir, device).requires_grad_(False)
     model = text_to_video_model(load_image_model(run_dir, device), config)  # the image stage's EMA weights
     text_encoder, unet = model["text_encoder"], model["unet"]
+    prompts = sample_prompts(config)
     trainable = config.unet.video_trainable
     set_trainable(unet, trainable)
     text_encoder.requires_grad_(trainable == "all")
@@ -215,15 +227,14 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
         """samples/video_<step>.gif: the fixed prompts, one row per frame rate the run trains on."""
         pipeline = TextToVideo(vae, ema_model["text_encoder"], ema_model["unet"], config, expert)
-        clips = np.concatenate([pipeline(list(SAMPLE_PROMPTS), fps=fps, seed=0).frames
-                                for fps in frame_rates(config.data)])
-        save_video(tile_clips(clips, columns=len(SAMPLE_PROMPTS)), run_dir / "samples" / f"video_{step:06d}.gif",
+        clips = np.concatenate([pipeline(prompts, fps=fps, seed=0).frames for fps in frame_rates(config.data)])
+        save_video(tile_clips(clips, columns=len(prompts)), run_dir / "samples" / f"video_{step:06d}.gif",
                    fps=config.data.fps)
 
     def finish(ema_model: torch.nn.ModuleDict) -> None:
         print(f"stage video: samples in {run_dir / 'samples'}; measure with "
               f"python benchmarks/video_quality.py --run {run_dir}; sample with "
-              f"python sample.py --run {run_dir} --prompt \"a red circle moving left\"")
+              f"python sample.py --run {run_dir} --prompt \"{prompts[0]}\"")
 
     # with video_trainable all, the reused image weights and text encoder take their own rate
     new_layers = {f"unet.{name}" for name in unet.video_parameter_names()}
@@ -330,7 +341,7 @@ def check_video_options(config: Config) -> None:
 
 def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: torch.device) -> None:
     """Inside the run's lock: every unfinished stage (or --stage), each seeded on its own."""
-    config = continue_run(run_dir, config)
+    config = with_vocabulary(continue_run(run_dir, config))
     if args.retrain:
         retrained = dependent_stages(args.retrain)
         removed = remove_stages(run_dir, retrained)
@@ -362,9 +373,22 @@ def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: t
               f"{train_command(run_dir, '--retrain', ','.join(stale))}")
 
 
+def with_vocabulary(config: Config) -> Config:
+    """Real video: text.vocabulary becomes the training captions' words, once, when the run starts,
+    and config.json keeps it, so that sampling reads prompts with the same words. The moving shapes'
+    captions come from a grammar whose words the tokenizer already knows."""
+    if config.data.source == "shapes" or config.text.vocabulary:
+        return config
+    captions = VideoFiles(config.data).captions("train")
+    words = tuple(sorted({word for caption in captions for word in caption_words(caption)}))
+    print(f"text.vocabulary: {len(words)} words from the captions of {config.data.root}")
+    return dataclasses.replace(config, text=dataclasses.replace(config.text, vocabulary=words))
+
+
 def show_training_data(config: Config, run_dir: Path) -> None:
     """samples/data.gif: 16 training clips, the data this run learns from."""
-    clips = np.stack([sample_clip(config.data, "train", i)[0] for i in range(16)])
+    dataset = VideoDataset(config.data, "train")
+    clips = np.stack([dataset.clip(i)[0] for i in range(16)])
     save_video(tile_clips(clips, columns=4), run_dir / "samples" / "data.gif")
 
 

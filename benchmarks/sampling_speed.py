@@ -1,6 +1,6 @@
 """Seconds to generate one clip with a preset's default sampling settings, on this machine.
 
-    python benchmarks/sampling_speed.py [--preset cpu] [--run DIR] [--clips 10] [--no_cache]
+    python benchmarks/sampling_speed.py [--preset cpu] [--run DIR] [--clips 10] [--steps S] [--no_cache]
 
 Times TextToVideo on one prompt at a time (one 8-frame clip for the cpu preset): the text encoders,
 every denoising step of the run's sampler (frame by frame with the frame cache, the two experts,
@@ -41,19 +41,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="cpu", help="the preset whose sizes and settings to time (no --run)")
     parser.add_argument("--run", default=None, help="a trained run directory instead (its own settings)")
     parser.add_argument("--clips", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's or run's)")
     parser.add_argument("--no_cache", action="store_true", help="frame by frame, recompute the finished frames")
     args = parser.parse_args(argv)
     pipeline = TextToVideo.from_run(args.run, device="cpu") if args.run else random_pipeline(args.preset)
     settings = pipeline.config.diffusion
+    steps = settings.num_inference_steps if args.steps is None else args.steps
     print(f"{args.run or f'the {args.preset} preset, random weights'}: {pipeline.config.data.num_frames} frames of "
-          f"{pipeline.config.data.image_size}x{pipeline.config.data.image_size}, {settings.num_inference_steps} "
+          f"{pipeline.config.data.image_size}x{pipeline.config.data.image_size}, {steps} "
           f"steps, {settings.video_sampling}, image model below {settings.image_model_below}, unguided below "
           f"{settings.unguided_below}, frame cache {'off' if args.no_cache else 'on'}; {torch.get_num_threads()} "
           f"threads")
     seconds = []
     for seed in range(args.clips + 1):  # the first clip warms up
         start = time.perf_counter()
-        pipeline("a red circle moving left", seed=seed, frame_cache=not args.no_cache)
+        pipeline("a red circle moving left", seed=seed, num_inference_steps=steps, frame_cache=not args.no_cache)
         seconds.append(time.perf_counter() - start)
     print(f"one clip: {statistics.mean(seconds[1:]):.2f} +- {statistics.stdev(seconds[1:]):.2f} s "
           f"(mean and standard deviation of {args.clips} clips)")

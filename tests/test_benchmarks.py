@@ -29,6 +29,22 @@ def test_gallery_labels_every_clip_with_its_prompt_and_what_the_detector_reads(s
     assert all("the detector reads" in line for line in lines[:12])
 
 
+@pytest.mark.slow
+def test_video_classifier_trains_saves_reloads_and_reports_shares_and_the_distance(smoke_run, capsys):
+    classifier = load_script("video_classifier")
+    args = ["--run", str(smoke_run), "--steps", "20", "--real_clips", "16", "--clips", "4", "--seeds", "tuning"]
+    classifier.main(args)
+    output = capsys.readouterr().out
+    assert (smoke_run / classifier.CLASSIFIER_FILE).is_file() and "saved" in output
+    for head in ("colour", "shape", "direction"):
+        assert f"classifier on real validation clips, {head}: " in output and "of 256" in output
+        assert f"| {head} | " in output
+    assert "| all 3 | " in output and "FD-classifier (this project's own measure, not FVD)" in output
+    assert "the classifier agrees with the detector" in output
+    classifier.main(args)
+    assert "loaded" in capsys.readouterr().out
+
+
 def test_lesson_times_sums_the_recorded_cell_times():
     lesson_times = load_script("lesson_times")
     executed = {"cell_type": "code", "metadata": {"execution": {

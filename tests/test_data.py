@@ -5,7 +5,7 @@ import torch
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import (
     COLOURS, DIRECTION_WORDS, MOTIONS, SHAPE_WORDS, SHAPES, SPEED_WORDS, STATIC_PHRASES,
-    MovingShapes, caption_vocabulary, frames_to_video, make_loader, parse_combination, plain_caption,
+    VideoDataset, caption_vocabulary, frames_to_video, make_loader, parse_combination, plain_caption,
     sample_clip, split_combinations, video_to_frames,
 )
 from tiny_magicvideo.pipeline import load_video, save_video, tile_clips
@@ -29,7 +29,7 @@ def test_loader_with_worker_processes_gives_the_dataset_in_order():
     loader = make_loader(config, batch_size=8, num_workers=2, num_clips=16)
     batches = list(loader)
     assert [tuple(b["video"].shape) for b in batches] == [(8, 3, 4, 32, 32)] * 2
-    dataset = MovingShapes(config, num_clips=16)
+    dataset = VideoDataset(config, num_clips=16)
     assert torch.equal(batches[1]["video"][3], dataset[11]["video"])
     assert batches[1]["caption"][3] == dataset[11]["caption"]
 
@@ -143,7 +143,7 @@ def test_objects_stay_whole_inside_the_frame():
 ])
 def test_bad_data_configs_raise_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
-        MovingShapes(DataConfig(**changes))
+        VideoDataset(DataConfig(**changes))
 
 
 def test_sample_clip_checks_a_hand_built_config():
@@ -155,7 +155,7 @@ def test_sample_clip_checks_a_hand_built_config():
 
 def test_unknown_split_is_an_error():
     with pytest.raises(ValueError, match="unknown split 'test'"):
-        MovingShapes(DataConfig(), split="test")
+        VideoDataset(DataConfig(), split="test")
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])

@@ -4,7 +4,8 @@ import torch
 
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import BACKGROUND, COLOURS, MOTIONS, SHAPES, sample_clip
-from tiny_magicvideo.metrics import UNKNOWN, agreement, attribute_matches, detect, flicker, jitter, read_motion
+from tiny_magicvideo.metrics import (UNKNOWN, agreement, attribute_matches, detect, flicker, frechet_distance, jitter,
+                                     read_motion)
 
 
 def _agreement_on(config: DataConfig, num_clips: int) -> dict:
@@ -162,3 +163,16 @@ def test_reporting_seeds_never_overlap_tuning_seeds():
     assert sampling_seed(REPORTING_SEEDS - 1, reporting=False) < sampling_seed(0, reporting=True)
     with pytest.raises(ValueError, match="outside"):
         sampling_seed(REPORTING_SEEDS, reporting=False)  # would be the first reporting seed
+
+
+def test_frechet_distance_matches_its_closed_form_for_a_scaled_and_shifted_set():
+    # generated = a * real + b: mean a mu + b, covariance a^2 S, so
+    # FD = |(1 - a) mu - b|^2 + Tr(S) (1 + a^2 - 2a) = |(1 - a) mu - b|^2 + (1 - a)^2 Tr(S)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 6, generator=generator) @ torch.randn(6, 6, generator=generator) + 1.0
+    a, b = 0.5, torch.arange(6.0)
+    expected = ((1 - a) * real.double().mean(0) - b).pow(2).sum() + (1 - a) ** 2 * torch.cov(real.double().T).trace()
+    assert frechet_distance(real, a * real + b) == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(frechet_distance(real, real)) < 1e-6
+    with pytest.raises(ValueError, match="feature vectors"):
+        frechet_distance(real, real[:, :5])

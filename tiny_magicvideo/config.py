@@ -23,8 +23,14 @@ from typing import Literal, Optional
 
 @dataclass
 class DataConfig:
-    """The procedural moving-shapes dataset (data.py)."""
+    """The training clips: the procedural moving shapes (data.py), or real video files (videos.py)."""
 
+    # shapes: the moving shapes, rendered on demand (no download). ucf101: a UCF-101 tree, folder: any
+    # folder of captioned videos, both under data.root, decoded once into data.cache_dir (videos.py)
+    source: Literal["shapes", "ucf101", "folder"] = "shapes"
+    root: str = ""  # the videos' folder (source ucf101 or folder)
+    classes: tuple[str, ...] = ()  # source ucf101: the class names to train on; "" for all of them
+    cache_dir: str = "data/cache"  # decoded videos, one subfolder per setting that changes them
     image_size: int = 64  # frames are square, image_size x image_size pixels
     num_frames: int = 16
     shapes: tuple[str, ...] = ("circle", "square", "triangle")
@@ -77,6 +83,9 @@ class TextConfig:
     """The small transformer text encoder (text.py), our stand-in for CLIP's text tower."""
 
     max_length: int = 24  # tokens, padding included: two-object captions reach ~20 words
+    # the words the tokenizer knows; "" for the moving shapes' caption grammar. train.py fills it from
+    # the training captions for real video (data.source ucf101 or folder), so config.json holds it
+    vocabulary: tuple[str, ...] = ()
     width: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -312,13 +321,30 @@ def gpu_preset() -> Config:
     return config
 
 
+# ten UCF-101 classes whose motion fills the frame; --data.classes picks others
+UCF_CLASSES = ("ApplyEyeMakeup", "Basketball", "BenchPress", "Biking", "Diving", "GolfSwing", "HorseRiding",
+               "JumpRope", "PushUps", "WalkingWithDog")
+
+
+def ucf_preset() -> Config:
+    """The overnight tier on real video: the gpu preset's models on a 10-class UCF-101 subset
+    (--data.root DIR, the folder holding UCF-101 or those classes of it; README). UCF-101 is filmed at
+    25 fps; strides 2 and 4 make 16 frames span 1.2 or 2.4 seconds, at 12.5 and 6.25 fps."""
+    config = gpu_preset()
+    config.preset = config.name = "ucf"
+    config.data = DataConfig(source="ucf101", classes=UCF_CLASSES, image_size=64, num_frames=16, fps=25.0,
+                             frame_strides=(2, 4), num_train_clips=200_000, num_workers=8)
+    return config
+
+
 def auto_preset() -> Config:
     """`cpu` on any device, the measured preset (on a GPU its run takes minutes), until the `gpu`
     preset's quality has been measured; `--preset gpu` picks that one by name."""
     return cpu_preset()
 
 
-PRESETS = {"smoke": smoke_preset, "paper": paper_preset, "cpu": cpu_preset, "gpu": gpu_preset, "auto": auto_preset}
+PRESETS = {"smoke": smoke_preset, "paper": paper_preset, "cpu": cpu_preset, "gpu": gpu_preset, "ucf": ucf_preset,
+           "auto": auto_preset}
 
 
 def get_preset(name: str) -> Config:

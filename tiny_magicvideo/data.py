@@ -10,6 +10,9 @@ Shapes are drawn from signed distance functions (SDFs): for each pixel centre p,
 distance to the shape's outline, negative inside. The share of a pixel the shape covers is close to
 clip(0.5 - sdf(p), 0, 1), which gives anti-aliased edges without supersampling.
 
+VideoDataset, at the end, serves these clips to training, or real video decoded from files (a UCF-101
+tree or any captioned folder, videos.py) when data.source says so; both give the same items.
+
 Conventions (DESIGN.md): frames on disk are uint8 (T, H, W, 3); tensors are float (C, T, H, W) in
 [-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two (video
 files are written and read by pipeline.py).
@@ -25,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
+from .videos import VIDEO_SPLITS, VideoFiles
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: what can be drawn, and the words the captions use for it.
@@ -206,6 +210,14 @@ def render_clip(objects: list[ShapeObject], num_frames: int, image_size: int) ->
 
 def check_data_config(config: DataConfig) -> None:
     """Raise ValueError naming the bad value and the fix, before any clip is drawn."""
+    if config.num_frames < 1:
+        raise ValueError(f"data.num_frames must be at least 1, got {config.num_frames}")
+    if not config.frame_strides or min(config.frame_strides) < 1:
+        raise ValueError(f"data.frame_strides must be whole numbers >= 1, got {config.frame_strides}")
+    if not config.fps > 0:
+        raise ValueError(f"data.fps must be positive, got {config.fps}")
+    if config.source != "shapes":  # the rest is the moving shapes' own; videos.py checks data.root
+        return
     for name, values, known in (("colours", config.colours, COLOURS), ("shapes", config.shapes, SHAPE_EXTENT),
                                 ("motions", config.motions, MOTIONS)):
         if not values:
@@ -214,8 +226,6 @@ def check_data_config(config: DataConfig) -> None:
             if value not in known:
                 raise ValueError(f"unknown {name[:-1]} {value!r} in data.{name}; "
                                  f"known {name}: {', '.join(known)}")
-    if config.num_frames < 1:
-        raise ValueError(f"data.num_frames must be at least 1, got {config.num_frames}")
     low, high = config.size_range
     if not 0 < low <= high:
         raise ValueError(f"data.size_range must satisfy 0 < low <= high, got {config.size_range}")
@@ -228,10 +238,6 @@ def check_data_config(config: DataConfig) -> None:
     slow, fast = config.speed_range
     if not 0 <= slow <= fast:
         raise ValueError(f"data.speed_range must satisfy 0 <= low <= high, got {config.speed_range}")
-    if not config.frame_strides or min(config.frame_strides) < 1:
-        raise ValueError(f"data.frame_strides must be whole numbers >= 1, got {config.frame_strides}")
-    if not config.fps > 0:
-        raise ValueError(f"data.fps must be positive, got {config.fps}")
     extent = max(SHAPE_EXTENT[s] for s in config.shapes) * high * config.image_size
     fastest = fast * max(config.frame_strides)
     travel = fastest * (config.num_frames - 1)
@@ -362,16 +368,24 @@ def _apart(a: ShapeObject, b: ShapeObject, num_frames: int) -> bool:
 # PyTorch dataset and loader.
 
 
-class MovingShapes(Dataset):
-    """Moving-shapes clips as a Dataset: item i is {"video", "caption", "fps", "attributes"}.
+class VideoDataset(Dataset):
+    """The clips of data.source as a Dataset: item i is {"video", "caption", "fps", "attributes"}.
 
-    video: float (3, T, H, W) in [-1, 1]. Splits: "train" (training combinations), "val" (the same
-    combinations, other clips) and "heldout" (the held-out combinations, for generalisation).
+    video: float (3, T, H, W) in [-1, 1]. The moving shapes' splits: "train" (training combinations),
+    "val" (the same combinations, other clips) and "heldout" (the held-out combinations, for
+    generalisation). Real video's (data.source ucf101 or folder, videos.py): "train" and "val".
     """
 
     def __init__(self, config: DataConfig, split: str = "train", num_clips: int | None = None):
         check_data_config(config)
-        split_combinations(config, split)  # raises on an unknown split
+        if config.source == "shapes":
+            split_combinations(config, split)  # raises on an unknown split
+            self.files = None
+        else:
+            self.files = VideoFiles(config)  # decodes the videos into the cache the first time
+            if split not in VIDEO_SPLITS:
+                raise ValueError(f"unknown split {split!r} for data.source {config.source}; choose one of "
+                                 f"{', '.join(VIDEO_SPLITS)} (held-out combinations exist only for the moving shapes)")
         self.config = config
         self.split = split
         default = config.num_train_clips if split == "train" else config.num_val_clips
@@ -380,10 +394,16 @@ class MovingShapes(Dataset):
     def __len__(self) -> int:
         return self.num_clips
 
+    def clip(self, index: int) -> tuple[np.ndarray, str, dict]:
+        """(frames uint8 (T, H, W, 3), caption, attributes): sample_clip, or VideoFiles.clip."""
+        if self.files is None:
+            return sample_clip(self.config, self.split, index)
+        return self.files.clip(self.split, index)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip {index} out of range for {self.num_clips} clips")
-        frames, caption, attributes = sample_clip(self.config, self.split, index)
+        frames, caption, attributes = self.clip(index)
         return {"video": frames_to_video(frames), "caption": caption, "fps": attributes["fps"],
                 "attributes": attributes}
 
@@ -425,8 +445,8 @@ class StepBatchSampler(Sampler):
 def make_loader(config: DataConfig, split: str = "train", batch_size: int = 32,
                 num_workers: int | None = None, num_clips: int | None = None,
                 start_step: int = 0, num_steps: int | None = None) -> DataLoader:
-    """Batches of MovingShapes in step order (see StepBatchSampler), rendered by worker processes."""
-    dataset = MovingShapes(config, split, num_clips)
+    """Batches of VideoDataset in step order (see StepBatchSampler), made by worker processes."""
+    dataset = VideoDataset(config, split, num_clips)
     workers = config.num_workers if num_workers is None else num_workers
     sampler = StepBatchSampler(len(dataset), batch_size, start_step, num_steps)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips)

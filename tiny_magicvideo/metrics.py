@@ -356,3 +356,31 @@ def jitter(video: torch.Tensor) -> float:
     if video.ndim != 5 or video.shape[2] < 3:
         raise ValueError(f"jitter takes clips (B, 3, T, H, W) with T >= 3, got {tuple(video.shape)}")
     return (video.float().diff(n=2, dim=2).abs() / 2).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributions of features.
+
+
+def frechet_distance(real: torch.Tensor, generated: torch.Tensor) -> float:
+    """The Frechet distance between Gaussians fitted to two sets of feature vectors (N, D) and (M, D):
+
+        FD = |mu_r - mu_g|^2 + Tr(S_r + S_g - 2 (S_r^(1/2) S_g S_r^(1/2))^(1/2))
+
+    (FID's and FVD's formula; Tr (S_r S_g)^(1/2) is written with the symmetric S_r^(1/2) S_g S_r^(1/2),
+    which has the same eigenvalues and a real square root). In float64; 0 for identical sets."""
+    if (real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]
+            or min(len(real), len(generated)) < 2):
+        raise ValueError(f"expected two sets of feature vectors (N, D) and (M, D), N and M >= 2, got "
+                         f"{tuple(real.shape)} and {tuple(generated.shape)}")
+    real, generated = real.double(), generated.double()
+    mean_r, mean_g = real.mean(0), generated.mean(0)
+    cov_r, cov_g = torch.cov(real.T), torch.cov(generated.T)
+
+    def sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:  # V diag(sqrt(lambda)) V^T, lambda clamped at 0
+        values, vectors = torch.linalg.eigh(matrix)
+        return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+    root_r = sqrt_psd(cov_r)
+    cross = torch.linalg.eigvalsh(root_r @ cov_g @ root_r).clamp_min(0).sqrt().sum()
+    return ((mean_r - mean_g).pow(2).sum() + cov_r.trace() + cov_g.trace() - 2 * cross).item()

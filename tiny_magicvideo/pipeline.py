@@ -138,7 +138,8 @@ class TextToVideo:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
         num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint"),
         image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
-        below it go without guidance, 0: none), and fps = data.fps (stride 1, the slowest motion).
+        below it go without guidance, 0: none), and fps = the highest rate it trained on, data.fps over
+        the smallest of data.frame_strides (the slowest motion a frame).
         frame_cache: frame by frame beside clean finished frames, compute each frame alone beside
         their kept keys and values (with_frame_cache; the same clip, within float rounding)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -191,7 +192,7 @@ class TextToVideo:
         if not 1 <= num_frames <= self.unet.max_frames:
             raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
                              f"{self.unet.max_frames} frames (data.num_frames of its run)")
-        fps = data.fps if fps is None else fps
+        fps = max(frame_rates(data)) if fps is None else fps
         if not 0 < fps <= MAX_FPS:
             raise ValueError(f"fps={fps}: the frame rate must be positive and at most {MAX_FPS:g}; this run "
                              f"trained on {', '.join(f'{rate:g}' for rate in frame_rates(data))}")

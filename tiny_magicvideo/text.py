@@ -27,11 +27,14 @@ PAD, START, UNKNOWN = range(len(SPECIAL_TOKENS))
 
 
 class Tokenizer:
-    """Lower-cased words -> ids; the vocabulary is the caption grammar's words."""
+    """Lower-cased words -> ids. The vocabulary: the moving shapes' caption grammar, or the words given
+    (text.vocabulary: the training captions' words, for real video)."""
 
-    def __init__(self, max_length: int):
+    def __init__(self, max_length: int, vocabulary: tuple[str, ...] = ()):
         self.max_length = max_length
-        self.vocabulary = list(SPECIAL_TOKENS) + caption_vocabulary()
+        self.source = ("the training captions' {} words (text.vocabulary in the run's config.json)" if vocabulary
+                       else "the caption grammar's {} words (tiny_magicvideo.data.caption_vocabulary())")
+        self.vocabulary = list(SPECIAL_TOKENS) + (list(vocabulary) or caption_vocabulary())
         self.ids = {word: index for index, word in enumerate(self.vocabulary)}
         self._warned: set[str] = set()
 
@@ -56,9 +59,8 @@ class Tokenizer:
     def _word_id(self, word: str) -> int:
         if word not in self.ids and word not in self._warned:
             self._warned.add(word)
-            warnings.warn(f"unknown word {word!r} in a prompt is read as <unknown>; the vocabulary "
-                          f"is the caption grammar's {len(self.vocabulary) - len(SPECIAL_TOKENS)} words "
-                          f"(tiny_magicvideo.data.caption_vocabulary())")
+            words = self.source.format(len(self.vocabulary) - len(SPECIAL_TOKENS))
+            warnings.warn(f"unknown word {word!r} in a prompt is read as <unknown>; the vocabulary is {words}")
         return self.ids.get(word, UNKNOWN)
 
 
@@ -82,7 +84,7 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
         self.config = config
-        self.tokenizer = Tokenizer(config.max_length)
+        self.tokenizer = Tokenizer(config.max_length, config.vocabulary)
         self.token_embedding = nn.Embedding(len(self.tokenizer), config.width)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.02)
         self.layers = nn.ModuleList(TextEncoderLayer(config.width, config.num_heads)
