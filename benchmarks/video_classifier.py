@@ -48,7 +48,8 @@ class VideoClassifier(nn.Module):
 
     Four 3x3x3 convolutions, each followed by GroupNorm and SiLU: the first at full resolution (the
     shapes are a few pixels across), the next three halving time, height and width (a stride on a
-    length-1 axis leaves it 1); then the mean over time and space is the feature vector, and one
+    length-1 axis leaves it 1); then the maximum over time and space is the feature vector (a small
+    object's response is not averaged away with the background's), and one
     linear layer per head reads it."""
 
     def __init__(self, heads: dict[str, int], width: int = 16):
@@ -62,7 +63,7 @@ class VideoClassifier(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(channels[-1], count) for name, count in heads.items()})
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        return self.body(video).mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
+        return self.body(video).amax(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(video)

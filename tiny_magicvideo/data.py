@@ -10,8 +10,7 @@ Shapes are drawn from signed distance functions (SDFs): for each pixel centre p,
 distance to the shape's outline, negative inside. The share of a pixel the shape covers is close to
 clip(0.5 - sdf(p), 0, 1), which gives anti-aliased edges without supersampling.
 
-VideoDataset, at the end, serves these clips to training, or real video decoded from files (a UCF-101
-tree or any captioned folder, videos.py) when data.source says so; both give the same items.
+VideoDataset serves these clips, or real video (data.source ucf101 or folder: videos.py), alike.
 
 Conventions (DESIGN.md): frames on disk are uint8 (T, H, W, 3); tensors are float (C, T, H, W) in
 [-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two (video
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig
-from .videos import VIDEO_SPLITS, VideoFiles
+from .videos import VideoFiles
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: what can be drawn, and the words the captions use for it.
@@ -383,9 +382,7 @@ class VideoDataset(Dataset):
             self.files = None
         else:
             self.files = VideoFiles(config)  # decodes the videos into the cache the first time
-            if split not in VIDEO_SPLITS:
-                raise ValueError(f"unknown split {split!r} for data.source {config.source}; choose one of "
-                                 f"{', '.join(VIDEO_SPLITS)} (held-out combinations exist only for the moving shapes)")
+            self.files.videos_of(split)  # raises on an unknown split
         self.config = config
         self.split = split
         default = config.num_train_clips if split == "train" else config.num_val_clips

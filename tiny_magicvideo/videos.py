@@ -317,12 +317,16 @@ class VideoFiles:
         templates = CAPTION_TEMPLATES if self.config.source == "ucf101" else ("{}",)
         return sorted({template.format(caption) for caption in captions for template in templates})
 
-    def clip(self, split: str, index: int) -> tuple[np.ndarray, str, dict]:
-        """(frames uint8 (T, S, S, 3), caption, attributes) of clip `index` of `split`."""
+    def videos_of(self, split: str) -> list[dict]:
+        """The index entries of the split's videos long enough for a clip."""
         if split not in VIDEO_SPLITS:
             raise ValueError(f"unknown split {split!r} for data.source {self.config.source}; choose one of "
                              f"{', '.join(VIDEO_SPLITS)} (held-out combinations exist only for the moving shapes)")
-        config, videos = self.config, self.videos[split]
+        return self.videos[split]
+
+    def clip(self, split: str, index: int) -> tuple[np.ndarray, str, dict]:
+        """(frames uint8 (T, S, S, 3), caption, attributes) of clip `index` of `split`."""
+        config, videos = self.config, self.videos_of(split)
         rng = np.random.default_rng([config.seed, VIDEO_SPLITS[split], index])
         video = videos[rng.integers(len(videos))]
         strides = config.frame_strides
