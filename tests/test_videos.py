@@ -37,7 +37,7 @@ def shape_video(colour: str, shape: str, direction: str, num_frames: int = 20) -
 
 def ucf_tree(root, split_files: bool = False, broken: bool = True):
     """<root>/<Class>/v_<Class>_gXX_c01.avi for groups 1..9 (group 9 as .mp4), a corrupt file and a
-    too-short video; with split_files, ucfTrainTestlist/testlist01.txt naming groups 8 and 9."""
+    too-short video; with split_files, ucfTrainTestlist/ naming groups 1-7 for training, 8 and 9 for testing."""
     for name, (colour, shape, direction) in CLASSES.items():
         for group in range(1, 10):
             suffix = ".mp4" if group == 9 else ".avi"
@@ -45,11 +45,13 @@ def ucf_tree(root, split_files: bool = False, broken: bool = True):
     if broken:
         (root / "YoYo" / "v_YoYo_g10_c01.avi").write_bytes(b"RIFF" + bytes(range(256)) * 8)  # corrupt
         write_video(root / "YoYo" / "v_YoYo_g11_c01.avi", shape_video("blue", "square", "down", num_frames=3))
-    if split_files:
+    if split_files:  # the official files' format: "Class/file label" for training, "Class/file" for testing
         (root / "ucfTrainTestlist").mkdir()
-        tests = [f"{name}/v_{name}_g{group:02d}_c01.{'mp4' if group == 9 else 'avi'}"
-                 for name in CLASSES for group in (8, 9)]
-        (root / "ucfTrainTestlist" / "testlist01.txt").write_text("\n".join(tests) + "\n")
+        files = {group: [f"{name}/v_{name}_g{group:02d}_c01.{'mp4' if group == 9 else 'avi'}" for name in CLASSES]
+                 for group in range(1, 10)}
+        trains = [f"{file} {label}" for group in range(1, 8) for label, file in enumerate(files[group], 1)]
+        (root / "ucfTrainTestlist" / "trainlist01.txt").write_text("\n".join(trains) + "\n")
+        (root / "ucfTrainTestlist" / "testlist01.txt").write_text("\n".join(files[8] + files[9]) + "\n")
     return root
 
 
