@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from tiny_magicvideo.config import get_preset
-from tiny_magicvideo.data import frame_rates
 from tiny_magicvideo.pipeline import TextToVideo, save_strip, save_video
 
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
                           sampling=args.sampling, image_model_below=args.image_model_below,
                           unguided_below=args.unguided_below, progress=True)
         frames = result.frames[0]  # (T, H, W, 3)
-        fps = max(frame_rates(pipeline.config.data)) if args.fps is None else args.fps
+        fps = pipeline.default_fps if args.fps is None else args.fps
         save_video(frames, out, fps=fps)
         strip = save_strip(frames, out.with_suffix(".png"))
     except (OSError, ValueError) as error:  # FileNotFoundError is an OSError

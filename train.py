@@ -28,10 +28,11 @@ from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock,
                                   inputs_of, load_image_model, load_vae, remove_stages, resolve_device,
                                   stale_stages, text_to_image_model, text_to_video_model, train_command,
                                   write_text_atomically)
+from tiny_magicvideo.text import prompt_words
 from tiny_magicvideo.training import Stage, TrainingDiverged, read_log, stage_seed, train_stage, write_log
 from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, measure_scaling_factor
-from tiny_magicvideo.videos import VideoFiles, caption_words
+from tiny_magicvideo.videos import VideoFiles
 
 
 def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
@@ -121,7 +122,7 @@ def sample_prompts(config: Config) -> list[str]:
     eight captions of validation videos (their distinct captions in order, repeated to eight)."""
     if config.data.source == "shapes":
         return list(SAMPLE_PROMPTS)
-    captions = sorted({video["caption"] for video in VideoFiles(config.data).videos["val"]})
+    captions = sorted({video["caption"] for video in VideoFiles(config.data).videos_of("val")})
     return [captions[i % len(captions)] for i in range(len(SAMPLE_PROMPTS))]
 
 
@@ -380,7 +381,7 @@ def with_vocabulary(config: Config) -> Config:
     if config.data.source == "shapes" or config.text.vocabulary:
         return config
     captions = VideoFiles(config.data).captions("train")
-    words = tuple(sorted({word for caption in captions for word in caption_words(caption)}))
+    words = tuple(sorted({word for caption in captions for word in prompt_words(caption)}))
     print(f"text.vocabulary: {len(words)} words from the captions of {config.data.root}")
     return dataclasses.replace(config, text=dataclasses.replace(config.text, vocabulary=words))
 

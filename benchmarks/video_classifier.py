@@ -75,7 +75,7 @@ def label_sets(data: DataConfig) -> dict[str, list[str]]:
     if data.source == "shapes":
         return {"colour": list(data.colours), "shape": list(data.shapes), "direction": list(data.motions)}
     if data.source == "ucf101":
-        return {"class": sorted({video["label"] for video in VideoFiles(data).videos["train"]})}
+        return {"class": sorted({video["label"] for video in VideoFiles(data).videos_of("train")})}
     raise ValueError(f"data.source {data.source}: the videos have captions but no labels to train a classifier "
                      f"on; the classifier needs the moving shapes or UCF-101")
 

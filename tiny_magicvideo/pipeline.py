@@ -129,6 +129,12 @@ class TextToVideo:
     def device(self) -> torch.device:
         return self.vae.encoder.conv_in.weight.device
 
+    @property
+    def default_fps(self) -> float:
+        """The frame rate a call conditions on unless told: the highest the run trained on, data.fps
+        over the smallest of data.frame_strides (the slowest motion a frame)."""
+        return max(frame_rates(self.config.data))
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_frames: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -138,8 +144,7 @@ class TextToVideo:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
         num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint"),
         image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
-        below it go without guidance, 0: none), and fps = the highest rate it trained on, data.fps over
-        the smallest of data.frame_strides (the slowest motion a frame).
+        below it go without guidance, 0: none), and fps = default_fps, the highest rate it trained on.
         frame_cache: frame by frame beside clean finished frames, compute each frame alone beside
         their kept keys and values (with_frame_cache; the same clip, within float rounding)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -192,7 +197,7 @@ class TextToVideo:
         if not 1 <= num_frames <= self.unet.max_frames:
             raise ValueError(f"num_frames={num_frames}: this model makes clips of 1 to "
                              f"{self.unet.max_frames} frames (data.num_frames of its run)")
-        fps = max(frame_rates(data)) if fps is None else fps
+        fps = self.default_fps if fps is None else fps
         if not 0 < fps <= MAX_FPS:
             raise ValueError(f"fps={fps}: the frame rate must be positive and at most {MAX_FPS:g}; this run "
                              f"trained on {', '.join(f'{rate:g}' for rate in frame_rates(data))}")

@@ -26,15 +26,22 @@ SPECIAL_TOKENS = ("<pad>", "<start>", "<unknown>")
 PAD, START, UNKNOWN = range(len(SPECIAL_TOKENS))
 
 
+def prompt_words(prompt: str) -> list[str]:
+    """The words the tokenizer reads in a prompt or caption: lower-cased runs of letters."""
+    return re.findall(r"[a-z]+", prompt.lower())
+
+
 class Tokenizer:
     """Lower-cased words -> ids. The vocabulary: the moving shapes' caption grammar, or the words given
     (text.vocabulary: the training captions' words, for real video)."""
 
     def __init__(self, max_length: int, vocabulary: tuple[str, ...] = ()):
         self.max_length = max_length
-        self.source = ("the training captions' {} words (text.vocabulary in the run's config.json)" if vocabulary
-                       else "the caption grammar's {} words (tiny_magicvideo.data.caption_vocabulary())")
         self.vocabulary = list(SPECIAL_TOKENS) + (list(vocabulary) or caption_vocabulary())
+        count = len(self.vocabulary) - len(SPECIAL_TOKENS)
+        self.described = (f"the training captions' {count} words (text.vocabulary in the run's config.json)"
+                          if vocabulary else f"the caption grammar's {count} words "
+                                             f"(tiny_magicvideo.data.caption_vocabulary())")
         self.ids = {word: index for index, word in enumerate(self.vocabulary)}
         self._warned: set[str] = set()
 
@@ -47,7 +54,7 @@ class Tokenizer:
             prompts = [prompts]
         ids = torch.full((len(prompts), self.max_length), PAD, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            tokens = [START] + [self._word_id(word) for word in re.findall(r"[a-z]+", prompt.lower())]
+            tokens = [START] + [self._word_id(word) for word in prompt_words(prompt)]
             if len(tokens) > self.max_length:
                 start = prompt if len(prompt) <= 40 else prompt[:40] + "..."
                 warnings.warn(f"prompt {start!r} has {len(tokens) - 1} words; only the first "
@@ -59,8 +66,8 @@ class Tokenizer:
     def _word_id(self, word: str) -> int:
         if word not in self.ids and word not in self._warned:
             self._warned.add(word)
-            words = self.source.format(len(self.vocabulary) - len(SPECIAL_TOKENS))
-            warnings.warn(f"unknown word {word!r} in a prompt is read as <unknown>; the vocabulary is {words}")
+            warnings.warn(f"unknown word {word!r} in a prompt is read as <unknown>; the vocabulary is "
+                          f"{self.described}")
         return self.ids.get(word, UNKNOWN)
 
 

@@ -85,11 +85,6 @@ def class_words(name: str) -> str:
     return " ".join(re.findall(r"[A-Z]+[a-z]*|[a-z]+|\d+", name)).lower()
 
 
-def caption_words(caption: str) -> list[str]:
-    """The words the tokenizer reads in a caption (text.py): lower-cased runs of letters."""
-    return re.findall(r"[a-z]+", caption.lower())
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding the videos.
 
@@ -313,7 +308,7 @@ class VideoFiles:
 
     def captions(self, split: str = "train") -> list[str]:
         """Every caption the split's clips can carry (each template for UCF's classes)."""
-        captions = {video["caption"] for video in self.videos[split]}
+        captions = {video["caption"] for video in self.videos_of(split)}
         templates = CAPTION_TEMPLATES if self.config.source == "ucf101" else ("{}",)
         return sorted({template.format(caption) for caption in captions for template in templates})
 
