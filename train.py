@@ -4,32 +4,47 @@ Runs, in order, every stage that runs/<name>/ does not yet hold finished, resumi
 one from its last checkpoint: vae -> image -> video -> videovae. `--stage S` runs one. An existing
 run takes its settings from its own config.json, so `python train.py --name NAME` continues it; one
 train.py at a time holds a run (runs/<name>/lock).
+
+Several processes, one per GPU (or CPU processes, gloo):
+
+    torchrun --nproc_per_node N train.py [options]
+
+Each process takes 1/N of every step's batch (train.batch_size and train.video_batch_size stay the
+global batch, divisible by N) and DistributedDataParallel averages the gradients, so the weights are
+those of one process; process 0 writes every file. A run may resume with another N. Several
+machines (not tested here): torchrun --nnodes M --node_rank I --rdzv_backend c10d --rdzv_endpoint
+HOST:PORT --nproc_per_node N train.py [options] on each, runs/ on a disk they share.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from tiny_magicvideo.config import Config, DataConfig, parse_config
 from tiny_magicvideo.data import (StepBatchSampler, VideoDataset, check_data_config, frame_rates, make_loader,
                                   video_to_frames)
 from tiny_magicvideo.diffusion import GaussianDiffusion
+from tiny_magicvideo.layers import BatchShare, rand
 from tiny_magicvideo.metrics import flicker, psnr
 from tiny_magicvideo.pipeline import TextToVideo, save_video, tile_clips
 from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock, check_built_on,
                                   checkpoint_step, continue_run, dependent_stages, existing_run_config,
-                                  inputs_of, load_image_model, load_vae, remove_stages, resolve_device,
-                                  stale_stages, text_to_image_model, text_to_video_model, train_command,
-                                  write_text_atomically)
+                                  inputs_of, load_image_model, load_run_config, load_vae, remove_stages,
+                                  resolve_device, stale_stages, text_to_image_model, text_to_video_model,
+                                  train_command, write_text_atomically)
 from tiny_magicvideo.text import prompt_words
-from tiny_magicvideo.training import Stage, TrainingDiverged, read_log, stage_seed, train_stage, write_log
+from tiny_magicvideo.training import (Stage, TrainingDiverged, read_log, stage_seed, this_process, train_stage,
+                                      wait_for_every_process, write_log)
 from tiny_magicvideo.unet3d import set_trainable
 from tiny_magicvideo.vae import AutoencoderKL, VideoVAE, measure_scaling_factor
 from tiny_magicvideo.videos import VideoFiles
@@ -39,6 +54,14 @@ def fixed_clips(config: Config, split: str, count: int) -> torch.Tensor:
     """The same `count` clips of `split` every time: (count, 3, T, H, W)."""
     dataset = VideoDataset(config.data, split, num_clips=count)
     return torch.stack([dataset[i]["video"] for i in range(count)])
+
+
+def training_batches(data: DataConfig, batch_size: int, start_step: int, num_steps: int):
+    """The training clips' batches for steps start_step .. num_steps - 1: this process's share of each
+    (all of it without torchrun)."""
+    process = this_process()
+    return make_loader(data, "train", batch_size, start_step=start_step, num_steps=num_steps, rank=process.rank,
+                       world_size=process.world_size)
 
 
 def single_frames(data: DataConfig) -> DataConfig:
@@ -56,8 +79,8 @@ def vae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     preview = fixed_clips(config, "val", 8).to(device)
 
     def batches(start_step: int):
-        return make_loader(single_frames(config.data), "train", config.train.batch_size,
-                           start_step=start_step, num_steps=config.train.vae_steps)
+        return training_batches(single_frames(config.data), config.train.batch_size, start_step,
+                                config.train.vae_steps)
 
     def loss(batch: dict, generator: torch.Generator):
         frames = batch["video"].to(device)[:, :, 0]  # (B, 3, 1, H, W) -> (B, 3, H, W)
@@ -126,10 +149,10 @@ def sample_prompts(config: Config) -> list[str]:
     return [captions[i % len(captions)] for i in range(len(SAMPLE_PROMPTS))]
 
 
-def drop_captions(captions: list[str], config: Config, generator: torch.Generator,
+def drop_captions(captions: list[str], config: Config, generator: torch.Generator | BatchShare,
                   device: torch.device) -> list[str]:
     """Classifier-free guidance: each caption becomes "" with probability diffusion.text_drop_prob."""
-    dropped = torch.rand(len(captions), generator=generator, device=device) < config.diffusion.text_drop_prob
+    dropped = rand((len(captions),), generator, device=device) < config.diffusion.text_drop_prob
     return ["" if drop else caption for drop, caption in zip(dropped.tolist(), captions)]
 
 
@@ -143,7 +166,8 @@ def encode_training_frames(vae: AutoencoderKL, config: Config,
     latents, captions = [], []
     loader = make_loader(single_frames(config.data), "train", config.train.batch_size)  # one pass, in order
     with torch.no_grad():
-        for batch in tqdm(loader, desc="stage image: encoding the training frames", dynamic_ncols=True):
+        for batch in tqdm(loader, desc="stage image: encoding the training frames", dynamic_ncols=True,
+                          disable=not this_process().is_main):
             latents.append(vae.encode_video(batch["video"].to(device)))  # (B, 3, 1, H, W) -> (B, 4, 1, h, w)
             captions += batch["caption"]
     return torch.cat(latents), captions
@@ -154,13 +178,16 @@ def image_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     model = text_to_image_model(config)
     text_encoder, unet = model["text_encoder"], model["unet"]
     diffusion, prompts = GaussianDiffusion(config.diffusion), sample_prompts(config)
+    if config.train.compile:
+        unet.compile()  # in place: the weights' names stay those of the module
 
     def batches(start_step: int):
         if start_step >= config.train.image_steps:
             return
         latents, captions = encode_training_frames(vae, config, device)
+        process = this_process()
         for indices in StepBatchSampler(len(captions), config.train.batch_size, start_step,
-                                        config.train.image_steps):
+                                        config.train.image_steps, process.rank, process.world_size):
             yield {"latents": latents[indices], "caption": [captions[i] for i in indices]}
 
     def loss(batch: dict, generator: torch.Generator):
@@ -204,14 +231,15 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
     trainable = config.unet.video_trainable
     set_trainable(unet, trainable)
     text_encoder.requires_grad_(trainable == "all")
+    if config.train.compile:
+        unet.compile()
     diffusion = GaussianDiffusion(config.diffusion)
     # for the samples' low steps (diffusion.image_model_below): a copy of the image stage's model, as the
     # video stage trains the one it inflated
     expert = load_image_model(run_dir, device)
 
     def batches(start_step: int):
-        return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
-                           num_steps=config.train.video_steps)
+        return training_batches(config.data, config.train.video_batch_size, start_step, config.train.video_steps)
 
     def loss(batch: dict, generator: torch.Generator):
         video, fps = batch["video"].to(device), batch["fps"].to(device)  # (B, 3, T, H, W), (B,)
@@ -259,8 +287,8 @@ def videovae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage
         preview_image_decoder = image_vae.reconstruct_video(preview)
 
     def batches(start_step: int):
-        return make_loader(config.data, "train", config.train.video_batch_size, start_step=start_step,
-                           num_steps=config.train.videovae_steps)
+        return training_batches(config.data, config.train.video_batch_size, start_step,
+                                config.train.videovae_steps)
 
     def loss(batch: dict, generator: torch.Generator):
         return video_vae.video_loss(batch["video"].to(device))
@@ -297,17 +325,40 @@ def main(argv: list[str] | None = None) -> Path:
                                     existing_run=existing_run_config)
         check_data_config(config.data)
         check_video_options(config)
-        device = resolve_device(config.device)
+        device = join_processes(resolve_device(config.device))
+        if device.type == "cuda":  # float32 matmuls and convolutions on tensor cores (TF32, 10-bit mantissa)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         run_dir = Path(config.runs_dir) / config.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(run_dir):
+        with RunLock(run_dir) if this_process().is_main else contextlib.nullcontext():
             train_run(config, args, run_dir, device)
     except (ValueError, OSError, RunInUse, TrainingDiverged) as error:
         sys.exit(f"error: {error}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return run_dir
 
 
+def join_processes(device: torch.device) -> torch.device:
+    """Under torchrun (which sets RANK, WORLD_SIZE and LOCAL_RANK), join its process group: NCCL
+    between GPUs, one per process (cuda:LOCAL_RANK), gloo between CPU processes; processes other than
+    0 print nothing (their errors still reach stderr). Returns the device this process trains on."""
+    if "RANK" not in os.environ:
+        return device
+    if device.type == "mps":
+        raise ValueError("torchrun does not run on mps here (no process group backend for it); use --device cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not this_process().is_main:
+        sys.stdout = open(os.devnull, "w")
+    return device
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog, parser.formatter_class = __doc__.split("\n\n", 1)[1], argparse.RawDescriptionHelpFormatter
     parser.add_argument("--stage", choices=STAGE_ORDER, default=None,
                         help="run only this stage (default: every unfinished stage, in order)")
     parser.add_argument("--retrain", type=stage_list, default=(), metavar="STAGE,...",
@@ -341,20 +392,27 @@ def check_video_options(config: Config) -> None:
 
 
 def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: torch.device) -> None:
-    """Inside the run's lock: every unfinished stage (or --stage), each seeded on its own."""
-    config = with_vocabulary(continue_run(run_dir, config))
-    if args.retrain:
-        retrained = dependent_stages(args.retrain)
-        removed = remove_stages(run_dir, retrained)
-        write_log(run_dir, [row for row in read_log(run_dir) if row["stage"] not in retrained])
-        print(f"retraining {', '.join(retrained)}: removed {', '.join(removed) or 'no files (not started)'}")
-    write_text_atomically(run_dir / "config.json", config.to_json())
-    print(f"run {run_dir} (preset {config.preset}, device {device}): {config.data.num_frames} frames "
-          f"of {config.data.image_size}x{config.data.image_size}")
-    show_training_data(config, run_dir)
+    """Inside the run's lock: every unfinished stage (or --stage), each seeded on its own. Under
+    torchrun, process 0 prepares the run and the others then read its config.json."""
+    process = this_process()
+    if process.is_main:
+        config = with_vocabulary(continue_run(run_dir, config))
+        if args.retrain:
+            retrained = dependent_stages(args.retrain)
+            removed = remove_stages(run_dir, retrained)
+            write_log(run_dir, [row for row in read_log(run_dir) if row["stage"] not in retrained])
+            print(f"retraining {', '.join(retrained)}: removed {', '.join(removed) or 'no files (not started)'}")
+        write_text_atomically(run_dir / "config.json", config.to_json())
+        print(f"run {run_dir} (preset {config.preset}, device {device}, {process.world_size} process"
+              f"{'es' if process.world_size > 1 else ''}): {config.data.num_frames} frames of "
+              f"{config.data.image_size}x{config.data.image_size}")
+        show_training_data(config, run_dir)  # (for real video, this builds the frame cache)
+    wait_for_every_process()
 
     stages = {"vae": vae_stage, "image": image_stage, "video": video_stage, "videovae": videovae_stage}
     for name in [args.stage] if args.stage else STAGE_ORDER:
+        if not process.is_main:  # as process 0 wrote it, with the scaling factor its VAE stage measured
+            config = load_run_config(run_dir)
         weights, steps = run_dir / WEIGHTS_FILES[name], stage_steps(config, name)
         if steps == 0:
             print(f"stage {name}: skipped (train.{name}_steps 0)")

@@ -81,3 +81,13 @@ def test_flops_prices_a_clip_as_the_counter_counts_the_real_run(sampling):
     with FlopCounterMode(display=False) as counter:
         pipeline(flops.PROMPT, num_inference_steps=3, **sampling)
     assert priced == pytest.approx(counter.get_total_flops() / flops.GIGA, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_training_speed_times_every_stage_and_adds_up_the_preset(capsys):
+    load_script("training_speed").main(["--preset", "smoke", "--steps", "8", "--device", "cpu"])
+    output = capsys.readouterr().out
+    table = [line.split(" | ") for line in output.splitlines() if line.startswith("| ")][1:]
+    assert [row[0] for row in table] == ["| vae", "| image", "| video", "| videovae"]
+    assert all(float(row[1]) > 0 and row[2] == "not measured" and row[3] == "20" for row in table)  # smoke: 20 each
+    assert "the whole `smoke` preset: about 0.0 hours of training" in output

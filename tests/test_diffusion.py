@@ -273,3 +273,24 @@ def test_frame_by_frame_sampling_shows_each_frame_the_finished_ones_at_the_step_
 
     framewise_video = d.ddim_sample_frame_by_frame(framewise_model, noise, 6, progress=False, clean_past=clean_past)
     assert torch.allclose(framewise_video, d.ddim_sample(framewise_model, noise, 6, progress=False), atol=1e-6)
+
+
+def test_the_losses_keep_the_schedule_the_noise_and_the_loss_in_float32_under_bfloat16_autocast():
+    diffusion = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    seen = []
+
+    def bfloat16_model(x_t, t, **layout):  # as a network under autocast: bfloat16 out, whatever comes in
+        seen.append(x_t.dtype)
+        return torch.zeros_like(x_t, dtype=torch.bfloat16)
+
+    x0 = torch.randn(2, 4, 3, 8, 8, dtype=torch.bfloat16)  # latents a VAE made under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = diffusion.training_loss(bfloat16_model, x0, torch.Generator().manual_seed(0))
+        twin = diffusion.twin_training_loss(bfloat16_model, x0, torch.Generator().manual_seed(0))
+    assert plain.dtype == twin.dtype == torch.float32 and seen == [torch.float32, torch.float32]
+    # a zero prediction: the loss is the mean square of the float32 target, v = sqrt(abar) eps - sqrt(1 - abar) x0
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (2,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    target = diffusion.velocity(x0.float(), t, noise)
+    assert plain.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-6)

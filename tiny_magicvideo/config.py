@@ -174,6 +174,7 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 500
     mixed_precision: bool = False  # bfloat16 autocast on CUDA
+    compile: bool = False  # torch.compile the U-Net of the image and video stages (off until measured: README)
 
 
 @dataclass

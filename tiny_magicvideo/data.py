@@ -383,8 +383,7 @@ class VideoDataset(Dataset):
         else:
             self.files = VideoFiles(config)  # decodes the videos into the cache the first time
             self.files.videos_of(split)  # raises on an unknown split
-        self.config = config
-        self.split = split
+        self.config, self.split = config, split
         default = config.num_train_clips if split == "train" else config.num_val_clips
         self.num_clips = default if num_clips is None else num_clips
 
@@ -393,9 +392,7 @@ class VideoDataset(Dataset):
 
     def clip(self, index: int) -> tuple[np.ndarray, str, dict]:
         """(frames uint8 (T, H, W, 3), caption, attributes): sample_clip, or VideoFiles.clip."""
-        if self.files is None:
-            return sample_clip(self.config, self.split, index)
-        return self.files.clip(self.split, index)
+        return sample_clip(self.config, self.split, index) if self.files is None else self.files.clip(self.split, index)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_clips:
@@ -419,31 +416,34 @@ class StepBatchSampler(Sampler):
     Procedural clips are already in random order, so nothing needs shuffling, and the batch at a
     step is a function of the step alone: a run resumed at `start_step` sees exactly the batches
     an uninterrupted run would. Without `num_steps`, one pass over the dataset (the last batch may
-    be short).
+    be short). Under torchrun, process `rank` of `world_size` takes its B / world_size of each.
     """
 
-    def __init__(self, num_clips: int, batch_size: int, start_step: int = 0, num_steps: int | None = None):
+    def __init__(self, num_clips: int, batch_size: int, start_step: int = 0, num_steps: int | None = None,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"a batch of {batch_size} cannot be shared by {world_size} processes; use a "
+                             f"batch size divisible by {world_size} (train.batch_size, train.video_batch_size)")
         self.num_clips, self.batch_size, self.start_step = num_clips, batch_size, start_step
         self.wrap = num_steps is not None
         self.num_steps = math.ceil(num_clips / batch_size) if num_steps is None else num_steps
+        self.share = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
     def __iter__(self):
         for step in range(self.start_step, self.num_steps):
             first = step * self.batch_size
-            if self.wrap:
-                yield [(first + i) % self.num_clips for i in range(self.batch_size)]
-            else:
-                yield list(range(first, min(first + self.batch_size, self.num_clips)))
+            end = first + self.batch_size if self.wrap else min(first + self.batch_size, self.num_clips)
+            yield [i % self.num_clips for i in range(first, end)][self.share]
 
     def __len__(self) -> int:
         return max(self.num_steps - self.start_step, 0)
 
 
-def make_loader(config: DataConfig, split: str = "train", batch_size: int = 32,
-                num_workers: int | None = None, num_clips: int | None = None,
-                start_step: int = 0, num_steps: int | None = None) -> DataLoader:
+def make_loader(config: DataConfig, split: str = "train", batch_size: int = 32, num_workers: int | None = None,
+                num_clips: int | None = None, start_step: int = 0, num_steps: int | None = None,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """Batches of VideoDataset in step order (see StepBatchSampler), made by worker processes."""
     dataset = VideoDataset(config, split, num_clips)
     workers = config.num_workers if num_workers is None else num_workers
-    sampler = StepBatchSampler(len(dataset), batch_size, start_step, num_steps)
+    sampler = StepBatchSampler(len(dataset), batch_size, start_step, num_steps, rank, world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .attention import causal_mask
 from .config import DiffusionConfig
+from .layers import BatchShare, randint, randn
 
 # model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps, or for
 # clips (B, C, T, H, W) a (B, T) tensor, a step per frame
@@ -85,10 +86,10 @@ class GaussianDiffusion:
     # ---- forward process and training --------------------------------------------------------
 
     @staticmethod
-    def noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
+    def noise(shape: tuple[int, ...], generator: torch.Generator | BatchShare | None = None,
               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """eps ~ N(0, I) of `shape`, every element independent (frames included)."""
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return randn(shape, generator, device=device, dtype=dtype)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
@@ -100,29 +101,31 @@ class GaussianDiffusion:
         abar = self.at(self.alphas_cumprod, t, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
-    def training_loss(self, model: Denoiser, x0: torch.Tensor, generator: torch.Generator | None = None,
-                      t_min: int = 0) -> torch.Tensor:
+    def training_loss(self, model: Denoiser, x0: torch.Tensor,
+                      generator: torch.Generator | BatchShare | None = None, t_min: int = 0) -> torch.Tensor:
         """DDPM Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = |target - model(x_t, t)|^2.
 
         t_min > 0 draws t from U{t_min..T-1}: the noisiest steps, where a video model must decide on
         its own where the object goes, because the noisy frames hardly show it (train.video_t_min).
+        The schedule, the noise and the loss are float32 also where the model runs in bfloat16 (autocast).
         """
+        x0 = x0.float()
         t = self.draw_steps((x0.shape[0],), t_min, generator, x0.device)
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
-        return (model(x_t, t) - target).pow(2).mean()
+        return (model(x_t, t).float() - target).pow(2).mean()
 
-    def draw_steps(self, shape: tuple[int, ...], t_min: int, generator: torch.Generator | None,
+    def draw_steps(self, shape: tuple[int, ...], t_min: int, generator: torch.Generator | BatchShare | None,
                    device: torch.device) -> torch.Tensor:
         """Steps t of `shape`, each drawn from U{t_min..T-1}."""
         if not 0 <= t_min < self.num_train_timesteps:
             raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
                              f"steps; use a value in that range (0 trains on every step)")
-        return torch.randint(t_min, self.num_train_timesteps, shape, generator=generator, device=device)
+        return randint(t_min, self.num_train_timesteps, shape, generator, device=device)
 
     def twin_training_loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor,
-                           generator: torch.Generator | None = None, t_min: int = 0,
+                           generator: torch.Generator | BatchShare | None = None, t_min: int = 0,
                            frame1_weight: float = 1.0) -> torch.Tensor:
         """Training for frame-by-frame sampling beside clean finished frames (diffusion.past_frames
         clean; teacher forcing, as in diffusion forcing, Chen et al. 2024), every frame of a clip at
@@ -144,6 +147,7 @@ class GaussianDiffusion:
         """
         if frame1_weight <= 0:
             raise ValueError(f"frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
+        x0 = x0.float()  # the schedule, the noise and the loss in float32 (as training_loss)
         batch, _, num_frames = x0.shape[:3]
         t = self.draw_steps((batch, num_frames), t_min, generator, x0.device)  # (B, T), a step per frame
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
@@ -151,7 +155,8 @@ class GaussianDiffusion:
         frame_index, attention_mask = twin_clip_layout(num_frames, x0.device)
         twin = torch.cat([x0, x_t], dim=2)  # (B, C, 2T, H, W): the clean clip, then its noisy twin
         steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
-        prediction = model(twin, steps, frame_index=frame_index, attention_mask=attention_mask)[:, :, num_frames:]
+        prediction = model(twin, steps, frame_index=frame_index, attention_mask=attention_mask)
+        prediction = prediction[:, :, num_frames:].float()  # the noisy twin's frames
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
         frame_loss = (prediction - target).pow(2).mean(dim=(0, 1, 3, 4))  # (T,): each frame's loss
         weights = torch.ones_like(frame_loss)

@@ -23,6 +23,12 @@ A stage's initial weights and its training noise are seeded from (run seed, stag
 finishes, its `finish` step runs (the VAE measures its scaling factor), and then its weights file
 (`vae.pt`, ...) is written, last: model and EMA state dicts, the step, the EMA weights' fingerprint
 and the fingerprints of the stages it was built on.
+
+Under torchrun (N processes, `this_process()`), the same loop is data-parallel: each process takes
+its share of every step's global batch (data.StepBatchSampler) and draws its share of the global
+batch's noise (layers.BatchShare), and DistributedDataParallel averages the gradients, so every
+process holds the weights one process would hold with the whole batch. Process 0 alone keeps the EMA
+and writes the log, samples, checkpoints and weights file; a checkpoint is the same for any N.
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .config import Config
+from .layers import BatchShare
 from .runs import (WEIGHTS_FILES, check_built_on, check_finite, checkpoint_step, fingerprint, inputs_of,
                    load_checkpoint, load_state_dict, save_atomically, state_file, train_command, write_text_atomically)
 
@@ -78,6 +87,44 @@ class Stage:
     write_samples: Callable[[nn.Module, int], None] | None = None
     # finish(ema_model) runs once training ends, before the weights file is written; None for nothing
     finish: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process among those torchrun started (torch.distributed's process group)."""
+
+    rank: int  # 0 .. world_size - 1
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0, the one that writes files and prints."""
+        return self.rank == 0
+
+
+def this_process() -> Process:
+    """Process(rank, world_size) of the process group; Process(0, 1) without torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return Process(dist.get_rank(), dist.get_world_size())
+    return Process(0, 1)
+
+
+def wait_for_every_process() -> None:
+    """A barrier: returns once every process has reached it (nothing to wait for without torchrun)."""
+    if this_process().world_size > 1:
+        dist.barrier()
+
+
+class StageLoss(nn.Module):
+    """A stage's loss as a module around its model, for DistributedDataParallel, which averages the
+    gradients of the parameters it holds over the processes when the loss it returned is backpropagated."""
+
+    def __init__(self, model: nn.Module, loss: Callable):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: dict, draws: BatchShare) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss(batch, draws)
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -166,11 +213,17 @@ class StageRun:
 
     def __init__(self, stage: Stage, config: Config, run_dir: Path, device: torch.device):
         self.stage, self.settings, self.run_dir, self.device = stage, config.train, run_dir, device
+        self.process = this_process()
         self.model = stage.model.to(device)
         self.optimizer, self.group_options = make_optimizer(stage, self.model, self.settings.weight_decay)
         self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.ema = make_ema(self.model, self.settings.ema_decay)
+        self.ema = make_ema(self.model, self.settings.ema_decay) if self.process.is_main else None
         self.generator = torch.Generator(device).manual_seed(stage_seed(config.seed, stage.name))
+        self.parallel = None  # several processes: the loss through DistributedDataParallel
+        if self.process.world_size > 1:
+            self.parallel = DistributedDataParallel(StageLoss(self.model, stage.loss),
+                                                    device_ids=[device] if device.type == "cuda" else None)
+            self.draws = BatchShare(self.generator, self.process.rank, self.process.world_size)
         self.built_on = inputs_of(run_dir, stage.name)  # {input stage: fingerprint of the weights trained against}
         self.state_path = state_file(run_dir, stage.name)
         self.step, self.seconds_before = 0, 0.0  # seconds_before: training time of earlier sessions
@@ -178,7 +231,8 @@ class StageRun:
         if self.state_path.is_file():
             self.resume()
         self.start_time = self.last_plot = time.perf_counter()
-        self.progress = tqdm(total=stage.num_steps, initial=self.step, desc=f"stage {stage.name}", dynamic_ncols=True)
+        self.progress = tqdm(total=stage.num_steps, initial=self.step, desc=f"stage {stage.name}", dynamic_ncols=True,
+                             disable=not self.process.is_main)
 
     def resume(self) -> None:
         """Restore model, EMA, optimizer, generator, step and loss sums from state_<stage>.pt."""
@@ -190,15 +244,16 @@ class StageRun:
             raise ValueError(f"{path} is at step {self.step}, past train.{stage.name}_steps {stage.num_steps}; "
                              f"ask for {self.step} steps or more (--train.{stage.name}_steps {self.step})")
         load_state_dict(self.model, state["model"], path)
-        load_state_dict(self.ema, state["ema"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.seconds_before = float(state["seconds"])
         self.loss_sum, self.loss_count = float(state.get("loss_sum", 0.0)), int(state.get("loss_count", 0))
-        # log rows written after that checkpoint belong to the lost part of the run
-        write_log(self.run_dir, [row for row in read_log(self.run_dir)
-                                 if row["stage"] != stage.name or int(row["step"]) <= self.step])
-        print(f"stage {stage.name}: resuming from step {self.step} ({path})")
+        if self.process.is_main:
+            load_state_dict(self.ema, state["ema"], path)
+            # log rows written after that checkpoint belong to the lost part of the run
+            write_log(self.run_dir, [row for row in read_log(self.run_dir)
+                                     if row["stage"] != stage.name or int(row["step"]) <= self.step])
+            print(f"stage {stage.name}: resuming from step {self.step} ({path})")
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start_time
@@ -208,8 +263,13 @@ class StageRun:
         NaN or infinite loss, or one over DIVERGENCE_FACTOR times the stage's mean so far, stops it."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.settings.mixed_precision and self.device.type == "cuda"):
-            loss, values = self.stage.loss(batch, self.generator)
+            if self.parallel is None:
+                loss, values = self.stage.loss(batch, self.generator)
+            else:
+                loss, values = self.parallel(batch, self.draws)
         value = loss.item()  # one host sync a step
+        if self.parallel is not None:  # the global batch's: the mean of the processes' equal shares
+            value, values = self.mean_over_processes(value, values)
         if not math.isfinite(value):
             raise self.diverged(f"the loss became {value} at step {self.step + 1}")
         mean = self.loss_sum / max(self.loss_count, 1)
@@ -218,8 +278,17 @@ class StageRun:
                                 f"{DIVERGENCE_FACTOR:g} times the stage's mean so far ({mean:.4g})")
         return loss, value, values
 
+    def mean_over_processes(self, value: float, values: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The loss and logged values averaged over the processes, so that every one of them judges a
+        divergence alike and process 0 logs the global batch's figures."""
+        numbers = torch.tensor([value, *values.values()], dtype=torch.float64, device=self.device)
+        dist.all_reduce(numbers)
+        numbers = (numbers / self.process.world_size).tolist()
+        return numbers[0], dict(zip(values, numbers[1:]))
+
     def update(self, loss: torch.Tensor, value: float) -> None:
-        """Backpropagate, clip, step AdamW at this step's rates, and update the EMA."""
+        """Backpropagate (several processes: averaging the gradients), clip, step AdamW at this step's
+        rates, and update the EMA (process 0)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
@@ -229,7 +298,8 @@ class StageRun:
             group["lr"] = self.stage.learning_rates[option] * factor
             group["weight_decay"] = self.settings.weight_decay
         self.optimizer.step()
-        self.ema.update_parameters(self.model)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
         self.progress.update(1)
@@ -262,7 +332,8 @@ class StageRun:
             self.last_plot = time.perf_counter()
 
     def finish(self) -> nn.Module:
-        """Run the stage's finish step, then write its weights file, last; returns the EMA model."""
+        """Run the stage's finish step, then write its weights file, last; returns the EMA model.
+        (Process 0's job: the others hold no EMA.)"""
         self.progress.close()
         print(f"stage {self.stage.name}: {self.step} steps in {self.elapsed() / 60:.1f} minutes of training")
         ema_model = self.ema.module.eval()
@@ -276,13 +347,15 @@ class StageRun:
         return ema_model
 
 
-def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.device) -> nn.Module:
+def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.device) -> nn.Module | None:
     """Train `stage` to `stage.num_steps`, resuming from state_<stage>.pt if there is one; then run
     its finish step and write its weights file. Returns the EMA copy of the model, which is what
-    samples and later stages use."""
+    samples and later stages use (None in processes other than 0 under torchrun, which return once
+    process 0 has written the weights file)."""
     run_dir = Path(run_dir)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     run, settings = StageRun(stage, config, run_dir, device), config.train
+    writes = run.process.is_main  # the log, samples, checkpoints and weights: process 0's
     log_rows = read_log(run_dir)
     run.model.train()
     # A checkpoint of a step is written once the next step's loss has shown its weights sound, so that
@@ -292,21 +365,23 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
         # before this step's draws: what a checkpoint of the step, due now, holds
         generator_state = run.generator.get_state() if checkpoint_due else None
         loss, loss_value, values = run.loss(batch)
-        if checkpoint_due:
+        if checkpoint_due and writes:
             run.save_state(generator_state)
-            checkpoint_due = False
+        checkpoint_due = False
         run.update(loss, loss_value)
         step, last = run.step, run.step == stage.num_steps
-        if step % settings.log_every == 0 or last:
+        if writes and (step % settings.log_every == 0 or last):
             log_rows += [{"stage": stage.name, "step": step, "seconds": f"{run.elapsed():.1f}", "name": name,
                           "value": f"{value:.6g}"} for name, value in {"loss": loss_value, **values}.items()]
             write_log(run_dir, log_rows)
-        if stage.write_samples is not None and (step % settings.sample_every == 0 or last):
+        if writes and stage.write_samples is not None and (step % settings.sample_every == 0 or last):
             run.ema.module.eval()
             with torch.no_grad():
                 stage.write_samples(run.ema.module, step)
-        if last:  # the last checkpoint: no later loss to wait for
+        if last and writes:  # the last checkpoint: no later loss to wait for
             run.save_state(run.generator.get_state())
         elif step % settings.checkpoint_every == 0:
             checkpoint_due = True
-    return run.finish()
+    ema_model = run.finish() if writes else None
+    wait_for_every_process()  # the next stage starts from the weights file process 0 wrote
+    return ema_model

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VAEConfig
-from .layers import ResBlock2d, group_norm
+from .layers import BatchShare, ResBlock2d, group_norm, randn
 
 
 def level_channels(config: VAEConfig) -> list[int]:
@@ -98,10 +98,9 @@ class DiagonalGaussian:
         self.log_variance = log_variance.clamp(-30.0, 20.0)  # keeps exp() finite early in training
         self.std = torch.exp(0.5 * self.log_variance)  # sigma = exp(log sigma^2 / 2)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, generator: torch.Generator | BatchShare | None = None) -> torch.Tensor:
         # reparameterisation: z = mu + sigma * eps with eps ~ N(0, I), so gradients reach mu, sigma
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
+        eps = randn(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:
@@ -134,7 +133,7 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor, generator: torch.Generator | BatchShare | None = None):
         """Reconstruct through a sampled latent: (x_hat, posterior)."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
@@ -144,7 +143,7 @@ class AutoencoderKL(nn.Module):
         error = reconstruction - target
         return error.abs().mean() if self.config.reconstruction_loss == "l1" else error.pow(2).mean()
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def loss(self, x: torch.Tensor, generator: torch.Generator | BatchShare | None = None):
         """(total loss, {"reconstruction": ..., "kl": ...}) for a batch of images in [-1, 1]."""
         reconstruction, posterior = self(x, generator)
         reconstruction_loss = self.reconstruction_loss(reconstruction, x)
