@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--image_model_below", type=int, default=None,
                         help="steps below this one are the image stage's model's, each frame on its own; "
                              "0: the video model throughout (default: the run's diffusion.image_model_below)")
+    parser.add_argument("--interpolate", type=int, default=None, metavar="S",
+                        help="make the keyframes at 1/S of the frame rate, then fill S-1 frames between each "
+                             "pair with the run's interp model: (num_frames - 1) S + 1 frames")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decoder", choices=("video", "image"), default=None,
                         help="video: the VideoVAE's temporal decoder, image: the image VAE frame by "
@@ -53,14 +56,13 @@ def main(argv: list[str] | None = None) -> Path:
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
                           sampling=args.sampling, image_model_below=args.image_model_below,
-                          unguided_below=args.unguided_below, progress=True)
+                          unguided_below=args.unguided_below, progress=True, interpolate=args.interpolate)
         frames = result.frames[0]  # (T, H, W, 3)
-        fps = pipeline.default_fps if args.fps is None else args.fps
-        save_video(frames, out, fps=fps)
+        save_video(frames, out, fps=result.fps)
         strip = save_strip(frames, out.with_suffix(".png"))
     except (OSError, ValueError) as error:  # FileNotFoundError is an OSError
         sys.exit(f"error: {error}")
-    print(f"{out} ({len(frames)} frames at {fps:g} fps) and {strip}")
+    print(f"{out} ({len(frames)} frames at {result.fps:g} fps) and {strip}")
     return out
 
 

@@ -1,9 +1,9 @@
 """Train tiny-magicvideo: python train.py [--preset P] [--stage S] [--section.key value ...]
 
 Runs, in order, every stage that runs/<name>/ does not yet hold finished, resuming an interrupted
-one from its last checkpoint: vae -> image -> video -> videovae. `--stage S` runs one. An existing
-run takes its settings from its own config.json, so `python train.py --name NAME` continues it; one
-train.py at a time holds a run (runs/<name>/lock).
+one from its last checkpoint: vae -> image -> video -> videovae -> interp. `--stage S` runs one. An
+existing run takes its settings from its own config.json, so `python train.py --name NAME` continues
+it; one train.py at a time holds a run (runs/<name>/lock).
 
 Several processes, one per GPU (or CPU processes, gloo):
 
@@ -33,15 +33,16 @@ from tqdm import tqdm
 from tiny_magicvideo.config import Config, DataConfig, parse_config
 from tiny_magicvideo.data import (StepBatchSampler, VideoDataset, check_data_config, frame_rates, make_loader,
                                   video_to_frames)
-from tiny_magicvideo.diffusion import GaussianDiffusion
+from tiny_magicvideo.attention import both_ways
+from tiny_magicvideo.diffusion import GaussianDiffusion, clip_windows
 from tiny_magicvideo.layers import BatchShare, rand
 from tiny_magicvideo.metrics import flicker, psnr
-from tiny_magicvideo.pipeline import TextToVideo, save_video, tile_clips
+from tiny_magicvideo.pipeline import TextToVideo, fill_between, save_video, tile_clips
 from tiny_magicvideo.runs import (STAGE_ORDER, WEIGHTS_FILES, RunInUse, RunLock, check_built_on,
                                   checkpoint_step, continue_run, dependent_stages, existing_run_config,
                                   inputs_of, load_image_model, load_run_config, load_vae, remove_stages,
-                                  resolve_device, stale_stages, text_to_image_model, text_to_video_model,
-                                  train_command, write_text_atomically)
+                                  resolve_device, stale_stages, text_to_image_model, text_to_interp_model,
+                                  text_to_video_model, train_command, write_text_atomically)
 from tiny_magicvideo.text import prompt_words
 from tiny_magicvideo.training import (Stage, TrainingDiverged, read_log, stage_seed, this_process, train_stage,
                                       wait_for_every_process, write_log)
@@ -312,6 +313,71 @@ def videovae_stage(config: Config, run_dir: Path, device: torch.device) -> Stage
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage interp: the image U-Net inflated again, the keyframes beside the noisy latents, fills frames.
+
+
+def interp_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
+    vae = load_vae(run_dir, device).requires_grad_(False)
+    model = text_to_interp_model(load_image_model(run_dir, device), config)  # the image stage's EMA weights
+    text_encoder, unet = model["text_encoder"], model["unet"]
+    trainable = config.unet.video_trainable
+    set_trainable(unet, trainable)
+    unet.conv_in.requires_grad_(True)  # its new input channels read the keyframes
+    text_encoder.requires_grad_(trainable == "all")
+    if config.train.compile:
+        unet.compile()
+    diffusion, strides = GaussianDiffusion(config.diffusion), config.train.interp_strides
+    # samples: validation clips at the highest trained rate, the one sampling fills up to by default
+    fastest = dataclasses.replace(config.data, frame_strides=(min(config.data.frame_strides),))
+    dataset = VideoDataset(fastest, "val", num_clips=8)
+    preview = torch.stack([dataset[i]["video"] for i in range(8)]).to(device)  # (8, 3, T, H, W)
+    preview_captions, preview_fps = [dataset[i]["caption"] for i in range(8)], max(frame_rates(config.data))
+
+    def batches(start_step: int):
+        loader = training_batches(config.data, config.train.video_batch_size, start_step, config.train.interp_steps)
+        for step, batch in enumerate(loader, start=start_step):
+            yield {**batch, "stride": strides[step % len(strides)]}  # one S a step, in turn
+
+    def loss(batch: dict, generator: torch.Generator):
+        video, fps, stride = batch["video"].to(device), batch["fps"].to(device), batch["stride"]
+        with torch.no_grad():
+            windows = clip_windows(vae.encode_video(video), stride)  # (B*n, 4, S+1, h, w), n windows a clip
+        per_clip = len(windows) // len(video)
+        context, mask = text_encoder(drop_captions(batch["caption"], config, generator, device))
+        every_frame = both_ways(stride + 1, device)
+        return diffusion.interpolation_loss(  # a window: its clip's text and frame rate
+            lambda x, t: unet(x, t, context.repeat_interleave(per_clip, 0), mask.repeat_interleave(per_clip, 0),
+                              fps=fps.repeat_interleave(per_clip), attention_mask=every_frame), windows, generator), {}
+
+    def write_samples(ema_model: torch.nn.ModuleDict, step: int) -> None:
+        """samples/interp_<step>.gif: 8 validation clips above the same clips' every S-th frame with the
+        frames between filled, S the first of train.interp_strides."""
+        stride = strides[0]
+        count = (config.data.num_frames - 1) // stride * stride + 1  # frames from the first keyframe to the last
+        keyframes = vae.encode_video(preview[:, :, :count:stride])
+        filled = fill_between(ema_model, diffusion, keyframes, preview_captions, stride, preview_fps,
+                              config.diffusion.guidance_scale, config.diffusion.num_inference_steps,
+                              torch.Generator(device).manual_seed(0))
+        clips = video_to_frames(torch.cat([preview[:, :, :count], vae.decode_video(filled).clamp(-1, 1)]))
+        save_video(tile_clips(clips, columns=len(preview)), run_dir / "samples" / f"interp_{step:06d}.gif",
+                   fps=preview_fps)
+
+    def finish(ema_model: torch.nn.ModuleDict) -> None:
+        print(f"stage interp: samples in {run_dir / 'samples'}; measure with python benchmarks/interpolation.py "
+              f"--run {run_dir}; sample with python sample.py --run {run_dir} --interpolate {strides[0]} "
+              f"--prompt \"{sample_prompts(config)[0]}\"")
+
+    # as in the video stage: the new layers (and conv_in, which has new input channels) at their own rate
+    new_layers = {f"unet.{name}" for name in unet.video_parameter_names()} | {"unet.conv_in.weight"}
+    return Stage("interp", model, loss, batches, config.train.interp_steps,
+                 {"train.video_learning_rate": config.train.video_learning_rate,
+                  "train.video_reused_learning_rate": config.train.video_reused_learning_rate},
+                 rate_option=lambda name: ("train.video_learning_rate" if name in new_layers
+                                           else "train.video_reused_learning_rate"),
+                 write_samples=write_samples, finish=finish)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def stage_steps(config: Config, name: str) -> int:
@@ -409,7 +475,8 @@ def train_run(config: Config, args: argparse.Namespace, run_dir: Path, device: t
         show_training_data(config, run_dir)  # (for real video, this builds the frame cache)
     wait_for_every_process()
 
-    stages = {"vae": vae_stage, "image": image_stage, "video": video_stage, "videovae": videovae_stage}
+    stages = {"vae": vae_stage, "image": image_stage, "video": video_stage, "videovae": videovae_stage,
+              "interp": interp_stage}
     for name in [args.stage] if args.stage else STAGE_ORDER:
         if not process.is_main:  # as process 0 wrote it, with the scaling factor its VAE stage measured
             config = load_run_config(run_dir)

@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tiny_magicvideo.pipeline import load_video
@@ -88,6 +89,20 @@ def test_training_speed_times_every_stage_and_adds_up_the_preset(capsys):
     load_script("training_speed").main(["--preset", "smoke", "--steps", "8", "--device", "cpu"])
     output = capsys.readouterr().out
     table = [line.split(" | ") for line in output.splitlines() if line.startswith("| ")][1:]
-    assert [row[0] for row in table] == ["| vae", "| image", "| video", "| videovae"]
+    assert [row[0] for row in table] == ["| vae", "| image", "| video", "| videovae", "| interp"]
     assert all(float(row[1]) > 0 and row[2] == "not measured" and row[3] == "20" for row in table)  # smoke: 20 each
     assert "the whole `smoke` preset: about 0.0 hours of training" in output
+
+
+@pytest.mark.slow
+def test_interpolation_reads_keyframe_and_filled_clips_alike(smoke_run, capsys):
+    result = load_script("interpolation").main(["--run", str(smoke_run), "--clips", "4", "--steps", "2",
+                                                "--batch_size", "2"])
+    output = capsys.readouterr().out
+    assert "keyframes 4 frames at 4 fps, filled (S = 2) 7 frames at 8 fps" in output
+    for key in ("colour", "shape", "direction", "all three"):
+        assert all(result["hits"][kind][key][1] == 4 for kind in ("keyframes", "filled"))
+        assert f"| {key} | " in output and "of 4" in output
+    assert "| jitter | " in output and "| path's RMS distance from a line, px | " in output
+    assert load_script("interpolation").path_error(np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]])) < 1e-9
+    assert load_script("interpolation").path_error(np.array([[0.0, 0.0], [np.nan, 1.0], [2.0, 3.0]])) is None

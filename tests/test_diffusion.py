@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import DiffusionConfig
-from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance, make_betas, twin_clip_layout
+from tiny_magicvideo.diffusion import (GaussianDiffusion, classifier_free_guidance, clip_windows, keyframe_condition,
+                                      keyframe_windows, make_betas, twin_clip_layout)
 
 
 def test_schedules_match_their_definitions():
@@ -294,3 +295,57 @@ def test_the_losses_keep_the_schedule_the_noise_and_the_loss_in_float32_under_bf
     noise = torch.randn(x0.shape, generator=generator)
     target = diffusion.velocity(x0.float(), t, noise)
     assert plain.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-6)
+
+
+def test_windows_between_keyframes_and_their_condition():
+    clip = torch.arange(2 * 9, dtype=torch.float32).reshape(2, 1, 9, 1, 1)  # frame f of clip b holds 9 b + f
+    windows = clip_windows(clip, 4)  # (2 clips x 2 windows, 1, 5, 1, 1)
+    assert windows[:, 0, :, 0, 0].tolist() == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [9, 10, 11, 12, 13],
+                                               [13, 14, 15, 16, 17]]
+    assert clip_windows(clip, 3).shape == (4, 1, 4, 1, 1) and clip_windows(clip[:, :, :8], 4).shape == (2, 1, 5, 1, 1)
+    keyframes = clip[:, :, ::4]  # frames 0, 4, 8
+    assert torch.equal(keyframe_windows(keyframes, 4)[:, :, [0, 4]], windows[:, :, [0, 4]])
+    assert keyframe_windows(keyframes, 4)[:, :, 1:4].abs().max() == 0  # the frames to fill
+    condition = keyframe_condition(windows)  # (4, 2, 5, 1, 1): the keyframe filled forward, then the mask
+    assert condition[:, 0, :, 0, 0].tolist() == [[0, 0, 0, 0, 4], [4, 4, 4, 4, 8], [9, 9, 9, 9, 13],
+                                                 [13, 13, 13, 13, 17]]
+    assert condition[:, 1, :, 0, 0].tolist() == [[1, 0, 0, 0, 1]] * 4
+
+
+def test_ddim_interpolate_keeps_the_keyframes_and_fills_s_minus_1_frames_between_each_pair():
+    diffusion = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    keyframes = torch.randn(2, 4, 3, 6, 6)  # 2 clips of 3 keyframes
+    seen = []
+
+    def model(x, t):  # x: the noisy windows, then the condition (4 + 5 channels)
+        seen.append(x)
+        return torch.tanh(x[:, :4] + x[:, 4:8])
+
+    clip = diffusion.ddim_interpolate(model, keyframes, 3, num_inference_steps=4,
+                                      generator=torch.Generator().manual_seed(1), progress=False)
+    assert clip.shape == (2, 4, (3 - 1) * 3 + 1, 6, 6)
+    assert torch.equal(clip[:, :, ::3], keyframes)  # exactly, at frames 0, 3, 6
+    assert len(seen) == 4 and seen[0].shape == (2 * 2, 9, 4, 6, 6)
+    # at every step the keyframes' positions hold the keyframes noised to that step, not the model's guess
+    noise = torch.randn((4, 4, 4, 6, 6), generator=torch.Generator().manual_seed(1))  # the windows' starting noise
+    ends = keyframe_windows(keyframes, 3)[:, :, [0, 3]]
+    for x, step in zip(seen, diffusion.ddim_timesteps(4).tolist()):
+        noised = diffusion.q_sample(ends, torch.full((4,), step), noise[:, :, [0, 3]])
+        torch.testing.assert_close(x[:, :4, [0, 3]], noised)
+
+
+def test_the_interpolation_loss_covers_only_the_frames_between_the_keyframes():
+    diffusion = GaussianDiffusion(DiffusionConfig(schedule="cosine", prediction_type="v_prediction"))
+    windows = torch.randn(3, 4, 5, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (3,), generator=generator)
+    target = diffusion.velocity(windows, t, torch.randn(windows.shape, generator=generator))
+
+    def right_between_wrong_at_the_ends(x, t):
+        assert torch.equal(x[:, 4:], keyframe_condition(windows))  # the condition on the channel axis
+        prediction = target.clone()
+        prediction[:, :, [0, -1]] += 5.0
+        return prediction
+
+    loss = diffusion.interpolation_loss(right_between_wrong_at_the_ends, windows, torch.Generator().manual_seed(0))
+    assert loss.item() == 0.0

@@ -18,7 +18,7 @@ from tiny_magicvideo.training import read_log
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ONE_STEP_EACH = ["--preset", "smoke", "--train.vae_steps", "1", "--train.image_steps", "1", "--train.video_steps", "1",
-                 "--train.videovae_steps", "1"]
+                 "--train.videovae_steps", "1", "--train.interp_steps", "1"]
 
 
 def torchrun(processes: int, *options: str, **popen) -> subprocess.Popen:
@@ -77,7 +77,7 @@ def test_one_step_of_two_processes_gives_the_weights_of_one_process_with_the_who
 @pytest.mark.skipif(os.name == "nt", reason="kills the run with SIGKILL")
 def test_two_processes_killed_resume_and_finish_with_one_process_writing_the_files(tmp_path):
     options = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.image_steps", "40",
-               "--train.video_steps", "4", "--train.videovae_steps", "4"]
+               "--train.video_steps", "4", "--train.videovae_steps", "4", "--train.interp_steps", "4"]
     run_dir = tmp_path / "run"
     killed = torchrun(2, *options)
     for _ in range(3000):  # until the image stage has written its first checkpoint
@@ -108,8 +108,8 @@ def test_two_processes_killed_resume_and_finish_with_one_process_writing_the_fil
     assert run_dir.joinpath("lock").read_text() == ""  # process 0 held the run and released it
 
     # the same run goes on with one process (train longer: the checkpoint holds the global batch's state)
-    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--train.videovae_steps", "6"])
-    assert checkpoint_step(run_dir / "videovae.pt") == 6
+    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--train.interp_steps", "6"])
+    assert checkpoint_step(run_dir / "unet_interp.pt") == 6
 
 
 def test_help_documents_torchrun(capsys):

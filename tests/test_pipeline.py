@@ -196,6 +196,27 @@ def test_bad_requests_are_clear_errors(smoke_run, tmp_path):
         TextToVideo.from_run(smoke_run, decoder="audio")
 
 
+def test_interpolation_keeps_the_keyframe_clip_and_multiplies_frames_and_frame_rate(smoke_run):
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu")
+    assert pipeline.interp_model is not None and pipeline.config.train.interp_strides == (2,)
+    keyframes = pipeline("a red circle moving left", num_inference_steps=2, fps=4.0, seed=3)
+    filled = pipeline("a red circle moving left", num_inference_steps=2, seed=3, interpolate=2)  # keyframes at 8 / 2
+    assert (keyframes.fps, filled.fps) == (4.0, 8.0) and filled.frames.shape == (1, (4 - 1) * 2 + 1, 32, 32, 3)
+    assert torch.equal(filled.latents[:, :, ::2], keyframes.latents)  # the keyframes, unchanged at frames 0, 2, 4, 6
+    assert not torch.equal(filled.latents[:, :, 1], filled.latents[:, :, 0])
+    assert pipeline("a red circle", num_inference_steps=2, fps=2.0, interpolate=2).fps == 4.0
+    for stride in (0, 1, 3):
+        with pytest.raises(ValueError, match=f"interpolate={stride}: this run's interp model fills the frames "
+                                             "between keyframes 2 frames apart"):
+            pipeline("a red circle", interpolate=stride)
+    with pytest.raises(ValueError, match="interpolate=2 fills frames between keyframes: ask for num_frames 2 or more"):
+        pipeline("a red circle", num_frames=1, interpolate=2)
+    pipeline.interp_model = None
+    with pytest.raises(ValueError, match="interpolate=2: this pipeline has no frame interpolation model; train the "
+                                         "run's interp stage"):
+        pipeline("a red circle", interpolate=2)
+
+
 def test_a_clip_with_non_finite_values_is_an_error_not_black_frames(smoke_run):
     pipeline = TextToVideo.from_run(smoke_run, device="cpu")
     with torch.no_grad():

@@ -111,9 +111,10 @@ def test_a_config_json_with_a_bad_value_is_refused(tmp_path):
 
 
 def test_retraining_a_stage_retrains_every_stage_built_on_it():
-    assert dependent_stages(["vae"]) == ["vae", "image", "video", "videovae"]
-    assert dependent_stages(["image"]) == ["image", "video"]
-    assert dependent_stages(["videovae", "image"]) == ["image", "video", "videovae"]
+    assert dependent_stages(["vae"]) == ["vae", "image", "video", "videovae", "interp"]
+    assert dependent_stages(["image"]) == ["image", "video", "interp"]
+    assert dependent_stages(["videovae", "image"]) == ["image", "video", "videovae", "interp"]
+    assert dependent_stages(["interp"]) == ["interp"]
 
 
 def test_the_suggested_command_names_where_the_run_is():

@@ -19,6 +19,10 @@ def test_sample_writes_the_clip_and_a_strip_of_its_frames(smoke_run, tmp_path):
                                       str(tmp_path / f"{decoder}.gif"), "--num_inference_steps", "2",
                                       "--decoder", decoder]) for decoder in ("video", "image"))
     assert not (load_video(by_clip) == load_video(by_frame)).all()
+    # the run's interp model fills a frame between each pair of 4 keyframes: 7 frames at twice their rate
+    filled = sample.main(["--run", str(smoke_run), "--prompt", "a red circle", "--out", str(tmp_path / "filled.gif"),
+                          "--num_inference_steps", "2", "--interpolate", "2"])
+    assert load_video(filled).shape == (7, 32, 32, 3)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -29,6 +33,7 @@ def test_sample_writes_the_clip_and_a_strip_of_its_frames(smoke_run, tmp_path):
     (["--fps", "1e308"], r"fps=1e\+308: the frame rate must be positive and at most 1000"),
     (["--guidance_scale", "nan"], "guidance_scale=nan: use a finite number >= 0"),
     (["--eta", "nan"], "eta=nan: use a number from 0"),
+    (["--interpolate", "3"], "interpolate=3: this run's interp model fills the frames between keyframes 2 frames"),
 ])
 def test_bad_requests_exit_with_a_clear_error(smoke_run, tmp_path, options, message):
     with pytest.raises(SystemExit, match=message):

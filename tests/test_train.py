@@ -371,7 +371,7 @@ def test_training_an_earlier_stage_on_refuses_the_later_ones_until_retrained(tmp
     args = ["--runs_dir", str(tmp_path), "--name", "run"]
     run_dir = train.main(SHORT + args + ["--train.videovae_steps", "0"])
     train.main(args + ["--stage", "vae", "--train.vae_steps", "8"])  # the VAE trained on
-    assert "note: image, video were built on weights that have changed" in capsys.readouterr().out
+    assert "note: image, video, interp were built on weights that have changed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unet_image.pt was built on an earlier vae.pt") as error:
         train.main(args)
     with pytest.raises(SystemExit, match="built on an earlier vae.pt"):

@@ -5,7 +5,7 @@ import torch
 
 from tiny_magicvideo.config import UNetConfig
 from tiny_magicvideo.diffusion import twin_clip_layout
-from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention
+from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention, both_ways
 from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
 TINY = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
@@ -126,6 +126,19 @@ def test_inflated_unet_gives_exactly_the_image_unets_output_frame_by_frame(confi
         out = video(x, t, context, fps=fps)
         assert torch.equal(out, image(x, t, context))  # bit for bit, the same batch layout
         assert torch.allclose(out, frame_by_frame, atol=1e-5)  # (summation order differs by batch size)
+
+
+@pytest.mark.parametrize("config", **VARIANTS)
+def test_a_fresh_interp_model_is_the_image_model_on_the_noisy_channels(config):
+    image = trained_a_little(config)
+    interp = UNet3D.from_image(image, max_frames=5, condition_channels=5)
+    assert torch.equal(interp.conv_in.weight[:, :4], image.conv_in.weight)
+    assert interp.conv_in.weight[:, 4:].abs().max() == 0  # the keyframes' channels start at zero
+    x, condition = torch.randn(2, 4, 5, 8, 8), torch.randn(2, 5, 5, 8, 8)
+    t, context = torch.tensor([30, 800]), torch.randn(2, 5, 8)
+    out = interp(torch.cat([x, condition], dim=1), t, context, fps=FPS, attention_mask=both_ways(5))
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, image(x, t, context), rtol=0, atol=1e-5)  # (another conv sums 9 channels)
 
 
 @pytest.mark.parametrize("config", **VARIANTS)

@@ -146,6 +146,12 @@ def causal_mask(num_frames: int, device: torch.device | None = None, num_past: i
     return torch.ones(num_frames, num_past + num_frames, dtype=torch.bool, device=device).tril(num_past)
 
 
+def both_ways(num_frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) bool, all True: every frame attends to every frame. The frame interpolation model's
+    temporal attention (a frame between two keyframes needs the later one); the keyframe model's is causal."""
+    return torch.ones(num_frames, num_frames, dtype=torch.bool, device=device)
+
+
 class FrameCache:
     """The keys and values that finished frames give each temporal attention, kept so that a later
     frame can be denoised alone beside them: a language model's KV cache, over frames.

@@ -170,6 +170,10 @@ class TrainConfig:
     # not in the paper (this project's): frame 1's loss weighs this much, the other frames' 1. Beside
     # its clean past, frame k >= 2 sees which way the object goes; frame 1 learns it from the word alone
     video_frame1_weight: float = 1.0
+    # the interp stage (MagicVideo's frame interpolation; unet3d, diffusion.interpolation_loss): clips
+    # cut into windows of S+1 frames whose ends are keyframes, S from interp_strides (one S a step, in turn)
+    interp_steps: int = 2000
+    interp_strides: tuple[int, ...] = (2, 4)
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 500
@@ -257,7 +261,8 @@ def smoke_preset() -> Config:
     config.unet = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
     config.diffusion = DiffusionConfig(num_inference_steps=4)
     config.train = TrainConfig(
-        batch_size=4, warmup_steps=5, vae_steps=20, image_steps=20, video_steps=20, videovae_steps=20,
+        batch_size=4, warmup_steps=5, vae_steps=20, image_steps=20, video_steps=20, videovae_steps=20, interp_steps=20,
+        interp_strides=(2,),
         log_every=5, sample_every=10, checkpoint_every=10,
     )
     return config
@@ -401,7 +406,12 @@ def check_config(config: Config) -> None:
                    "unet.num_heads": config.unet.num_heads, "unet.num_res_blocks": config.unet.num_res_blocks})
     # 0 steps skips a stage (train.videovae_steps 0: no VideoVAE)
     at_least(0, **{f"train.{key}": getattr(train, key) for key in
-                   ("vae_steps", "image_steps", "video_steps", "videovae_steps", "warmup_steps")})
+                   ("vae_steps", "image_steps", "video_steps", "videovae_steps", "interp_steps", "warmup_steps")})
+    bad_strides = [s for s in train.interp_strides if not 2 <= s <= config.data.num_frames - 1]
+    if bad_strides or not train.interp_strides:
+        raise ValueError(f"train.interp_strides {train.interp_strides}: each S fills S-1 frames between two "
+                         f"keyframes in a window of S+1 frames, so use 2 to {config.data.num_frames - 1} "
+                         f"(data.num_frames - 1), for example 2,4")
     at_least(0, **{"train.weight_decay": train.weight_decay, "vae.kl_weight": config.vae.kl_weight,
                    "vae.temporal_loss_weight": config.vae.temporal_loss_weight,
                    "diffusion.guidance_scale": diffusion.guidance_scale,

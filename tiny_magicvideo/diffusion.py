@@ -163,6 +163,20 @@ class GaussianDiffusion:
         weights[1:2] = frame1_weight  # (a 1-frame clip has no frame 1)
         return (weights * frame_loss).sum() / weights.sum()
 
+    def interpolation_loss(self, model: Denoiser, windows: torch.Tensor,
+                           generator: torch.Generator | BatchShare | None = None) -> torch.Tensor:
+        """The interp stage's loss. windows (N, C, S+1, H, W): stretches of clips whose first and last
+        frames are the keyframes (clip_windows). Each is noised at one step t as in training_loss and
+        shown beside keyframe_condition(windows) on the channel axis; the loss covers the S-1 frames
+        between the keyframes, all that ddim_interpolate takes from the model."""
+        windows = windows.float()
+        t = self.draw_steps((windows.shape[0],), 0, generator, windows.device)
+        noise = self.noise(windows.shape, generator, windows.device, windows.dtype)
+        x_t = self.q_sample(windows, t, noise)
+        prediction = model(torch.cat([x_t, keyframe_condition(windows)], dim=1), t).float()
+        target = noise if self.prediction_type == "epsilon" else self.velocity(windows, t, noise)
+        return (prediction - target)[:, :, 1:-1].pow(2).mean()
+
     def predict_x0_and_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both readings of a prediction, whichever the network was trained to give."""
@@ -259,6 +273,35 @@ class GaussianDiffusion:
         return finished
 
     @torch.no_grad()
+    def ddim_interpolate(self, model: Denoiser, keyframes: torch.Tensor, stride: int, num_inference_steps: int = 25,
+                         eta: float = 0.0, generator: torch.Generator | None = None,
+                         progress: bool = True) -> torch.Tensor:
+        """Fill stride - 1 frames between each pair of neighbouring keyframes: (B, C, K, H, W) ->
+        (B, C, (K-1) S + 1, H, W), keyframe j exactly at frame j S.
+
+        The K-1 windows of S+1 frames (keyframe_windows; window j of clip b in row b (K-1) + j) run one
+        DDIM as one batch, from noise, keyframe_condition beside them. At every step their keyframe
+        positions hold the keyframes noised to that step, as in interpolation_loss, and at the end the
+        keyframes themselves. model(x (N, C + C + 1, S+1, H, W), t (N,)) -> prediction (N, C, S+1, H, W)."""
+        batch, _, count = keyframes.shape[:3]
+        windows = keyframe_windows(keyframes, stride)  # (B*(K-1), C, S+1, H, W)
+        condition = keyframe_condition(windows)
+        noise = self.noise(windows.shape, generator, keyframes.device, keyframes.dtype)
+        ends = [0, stride]  # the keyframes' positions in a window
+
+        def beside_keyframes(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x_t = x_t.clone()
+            x_t[:, :, ends] = self.q_sample(windows[:, :, ends], t, noise[:, :, ends])
+            return model(torch.cat([x_t, condition], dim=1), t)
+
+        filled = self.ddim_sample(beside_keyframes, noise, num_inference_steps, eta, generator, progress)
+        filled[:, :, ends] = windows[:, :, ends]
+        # each window's frames 0..S-1, in order, then the last keyframe
+        between = filled[:, :, :stride].unflatten(0, (batch, count - 1))  # (B, K-1, C, S, H, W)
+        clip = between.transpose(1, 2).flatten(2, 3)  # (B, C, (K-1) S, H, W)
+        return torch.cat([clip, keyframes[:, :, -1:]], dim=2)
+
+    @torch.no_grad()
     def ddim_invert(self, model: Denoiser, x0: torch.Tensor, num_inference_steps: int = 25) -> torch.Tensor:
         """Run deterministic DDIM forwards, clean data -> x_T: the latent that ddim_sample with eta = 0
         maps back to x0 (up to discretisation error)."""
@@ -295,6 +338,36 @@ def twin_clip_layout(num_frames: int, device: torch.device | None = None) -> tup
     mask = torch.cat([torch.cat([causal, nothing], dim=1),  # clean frames: the clean past and themselves
                       torch.cat([causal.tril(-1), torch.eye(num_frames, dtype=torch.bool, device=device)], dim=1)])
     return torch.arange(num_frames, device=device).repeat(2), mask
+
+
+def clip_windows(clip: torch.Tensor, stride: int) -> torch.Tensor:
+    """A clip (B, C, T, H, W) -> its n = (T-1) // S windows of S+1 frames that start at frames 0, S,
+    2S, ..., neighbours sharing an end: (B*n, C, S+1, H, W), window j of clip b in row b n + j. The
+    interp stage trains on them, the ends as keyframes."""
+    windows = clip.unfold(2, stride + 1, stride)  # (B, C, n, H, W, S+1)
+    return windows.permute(0, 2, 1, 5, 3, 4).flatten(0, 1)
+
+
+def keyframe_windows(keyframes: torch.Tensor, stride: int) -> torch.Tensor:
+    """Keyframes (B, C, K, H, W) -> the K-1 windows between neighbours, (B*(K-1), C, S+1, H, W):
+    keyframe j first, keyframe j+1 last and zeros between, the S-1 frames to fill."""
+    first, last = keyframes[:, :, :-1, None], keyframes[:, :, 1:, None]  # (B, C, K-1, 1, H, W)
+    gap = torch.zeros_like(first).expand(-1, -1, -1, stride - 1, -1, -1)
+    windows = torch.cat([first, gap, last], dim=3)  # (B, C, K-1, S+1, H, W)
+    return windows.transpose(1, 2).flatten(0, 1)
+
+
+def keyframe_condition(windows: torch.Tensor) -> torch.Tensor:
+    """The interp model's condition for windows (N, C, S+1, H, W) whose first and last frames are
+    keyframes: (N, C + 1, S+1, H, W), each frame's latest keyframe (filled forward: the first for
+    frames 0..S-1, the last for frame S) and a channel that is 1 at the keyframes, 0 between. The
+    later keyframe reaches the frames between through the temporal attention, which in this model
+    attends both ways."""
+    first, last = windows[:, :, :1], windows[:, :, -1:]
+    filled = torch.cat([first.expand(-1, -1, windows.shape[2] - 1, -1, -1), last], dim=2)
+    known = torch.zeros_like(windows[:, :1])  # (N, 1, S+1, H, W)
+    known[:, :, [0, -1]] = 1.0
+    return torch.cat([filled, known], dim=1)
 
 
 def classifier_free_guidance(model: Callable[..., torch.Tensor], conditional: dict, unconditional: dict,

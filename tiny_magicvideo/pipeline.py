@@ -4,7 +4,9 @@
 DDIM with classifier-free guidance in latent space, the video U-Net told the frame rate -> a
 decoder -> uint8 frames (B, T, H, W, 3). The decoder is the VideoVAE's (whole clips, with temporal
 layers) where the run has one, else the image VAE's (frame by frame). A run that has only finished
-the image stage loads as a text-to-image model (num_frames = 1).
+the image stage loads as a text-to-image model (num_frames = 1). With `interpolate=S` and the run's
+interp stage, the keyframes are made at 1/S of the frame rate and the interp model fills the S-1
+frames between each pair (`fill_between`, MagicVideo's frame interpolation).
 
 The file end: `save_video` writes GIF or MP4, chosen by the file's extension, and `save_strip` a
 PNG of the frames side by side; frames are uint8 (T, H, W, 3) as everywhere on disk.
@@ -21,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attention import FrameCache
+from .attention import FrameCache, both_ways
 from .config import Config, check_step
 from .data import frame_rates, video_to_frames
 from .diffusion import Denoiser, GaussianDiffusion, classifier_free_guidance
-from .runs import (WEIGHTS_FILES, check_built_on, load_image_model, load_run_config, load_vae, load_video_model,
-                   load_video_vae, resolve_device)
+from .runs import (WEIGHTS_FILES, check_built_on, load_image_model, load_interp_model, load_run_config, load_vae,
+                   load_video_model, load_video_vae, resolve_device)
 from .text import TextEncoder
 from .unet3d import UNet3D
 from .vae import AutoencoderKL
@@ -41,6 +43,7 @@ MAX_FPS = 1000.0
 class VideoOutput:
     frames: np.ndarray  # uint8 (B, T, H, W, 3)
     latents: torch.Tensor  # (B, 4, T, h, w), scaled
+    fps: float  # the clip's frame rate (what a video model was told)
 
 
 def two_experts(video_denoiser: Denoiser, image_denoiser: Denoiser, image_model_below: int) -> Denoiser:
@@ -83,16 +86,41 @@ def with_frame_cache(unet: UNet3D, cache: FrameCache) -> Callable[..., torch.Ten
     return newest_frame
 
 
+def fill_between(interp_model: nn.ModuleDict, diffusion: GaussianDiffusion, keyframes: torch.Tensor,
+                 prompts: list[str], stride: int, fps: float, guidance_scale: float, num_inference_steps: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The interp model's stride - 1 frames between each pair of keyframes (B, C, K, h, w), scaled
+    latents of clips at fps / stride: (B, C, (K-1) S + 1, h, w) at fps, the keyframes kept exactly
+    (diffusion.ddim_interpolate), each window guided by its clip's prompt. The interp model's temporal
+    attention attends both ways: a frame between two keyframes reads the later one too."""
+    per_clip = keyframes.shape[2] - 1  # windows, one per pair of neighbouring keyframes
+    window_prompts = [prompt for prompt in prompts for _ in range(per_clip)]  # window j of clip b: row b (K-1) + j
+    context, mask = interp_model["text_encoder"](window_prompts)
+    empty_context, empty_mask = interp_model["text_encoder"]([""] * len(window_prompts))
+    rate = torch.full((len(window_prompts),), float(fps), device=keyframes.device)
+    every_frame = both_ways(stride + 1, keyframes.device)
+
+    def interp_unet(x: torch.Tensor, t: torch.Tensor, **condition) -> torch.Tensor:
+        return interp_model["unet"](x, t, attention_mask=every_frame, **condition)
+
+    denoiser = classifier_free_guidance(interp_unet, {"context": context, "context_mask": mask, "fps": rate},
+                                        {"context": empty_context, "context_mask": empty_mask, "fps": rate},
+                                        guidance_scale)
+    return diffusion.ddim_interpolate(denoiser, keyframes, stride, num_inference_steps, generator=generator,
+                                      progress=False)
+
+
 class TextToVideo:
     """A run's models as one callable: prompts in, uint8 frames out.
 
     image_model: the image stage's text encoder and U-Net, to which a video model hands the steps
-    below diffusion.image_model_below (from_run loads it with the video model)."""
+    below diffusion.image_model_below; interp_model: the interp stage's, for `interpolate` (from_run
+    loads both with the video model, where the run has them)."""
 
     def __init__(self, vae: AutoencoderKL, text_encoder: TextEncoder, unet: UNet3D, config: Config,
-                 image_model: nn.ModuleDict | None = None):
+                 image_model: nn.ModuleDict | None = None, interp_model: nn.ModuleDict | None = None):
         self.vae, self.text_encoder, self.unet, self.config = vae, text_encoder, unet, config
-        self.image_model = image_model
+        self.image_model, self.interp_model = image_model, interp_model
         self.diffusion = GaussianDiffusion(config.diffusion)
 
     @classmethod
@@ -116,14 +144,16 @@ class TextToVideo:
         if decoder not in ("video", "image"):
             raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
         # weights built on another VAE or image model than the run holds now are refused
-        for used in [stage] + (["videovae"] if decoder == "video" else []):
+        interp = stage == "video" and (run_dir / WEIGHTS_FILES["interp"]).is_file()
+        for used in [stage] + (["videovae"] if decoder == "video" else []) + (["interp"] if interp else []):
             path = run_dir / WEIGHTS_FILES[used]
             if path.is_file():
                 check_built_on(run_dir, used, path)
         image_model = load_image_model(run_dir, target)
         model = load_video_model(run_dir, target) if stage == "video" else image_model
         vae = load_video_vae(run_dir, target) if decoder == "video" else load_vae(run_dir, target)
-        return cls(vae, model["text_encoder"], model["unet"], config, image_model if stage == "video" else None)
+        return cls(vae, model["text_encoder"], model["unet"], config, image_model if stage == "video" else None,
+                   load_interp_model(run_dir, target) if interp else None)
 
     @property
     def device(self) -> torch.device:
@@ -140,13 +170,16 @@ class TextToVideo:
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  fps: float | None = None, seed: int = 0, eta: float = 0.0,
                  sampling: str | None = None, image_model_below: int | None = None,
-                 unguided_below: int | None = None, progress: bool = False, frame_cache: bool = True) -> VideoOutput:
+                 unguided_below: int | None = None, progress: bool = False, frame_cache: bool = True,
+                 interpolate: int | None = None) -> VideoOutput:
         """Generate one clip per prompt. Defaults: the run's num_frames (1 for an image model), its
         num_inference_steps, guidance_scale, video_sampling ("frame_by_frame" or "joint"),
         image_model_below (steps below it are the image model's, 0: none) and unguided_below (steps
         below it go without guidance, 0: none), and fps = default_fps, the highest rate it trained on.
         frame_cache: frame by frame beside clean finished frames, compute each frame alone beside
-        their kept keys and values (with_frame_cache; the same clip, within float rounding)."""
+        their kept keys and values (with_frame_cache; the same clip, within float rounding).
+        interpolate=S: num_frames keyframes at fps (default: default_fps / S), then S-1 frames filled
+        between each pair by the interp model: (num_frames - 1) S + 1 frames at S fps."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         run = self.config.diffusion
         steps = run.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -155,7 +188,12 @@ class TextToVideo:
         unguided = run.unguided_below if unguided_below is None else unguided_below
         below = run.image_model_below if image_model_below is None else image_model_below
         self._check_settings(scale, eta, sampling, unguided, below)
+        if interpolate is not None:
+            self._check_interpolation(interpolate)
+            fps = self.default_fps / interpolate if fps is None else fps
         num_frames, condition = self._frames_and_rate(len(prompts), num_frames, fps)
+        if interpolate is not None and num_frames < 2:
+            raise ValueError(f"interpolate={interpolate} fills frames between keyframes: ask for num_frames 2 or more")
         cached = (frame_cache and sampling == "frame_by_frame" and run.past_frames == "clean" and self.unet.is_video)
         denoiser = self.denoiser(prompts, condition, scale, unguided, below if self.unet.is_video else 0,
                                  FrameCache() if cached else None)
@@ -169,7 +207,12 @@ class TextToVideo:
                                                                 clean_past=run.past_frames == "clean")
         else:
             latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
-        return VideoOutput(frames=self.decode(latents), latents=latents)
+        rate = float(condition["fps"][0]) if condition else self.default_fps
+        if interpolate is not None:
+            rate *= interpolate
+            latents = fill_between(self.interp_model, self.diffusion, latents, prompts, interpolate, rate, scale, steps,
+                                   generator)
+        return VideoOutput(frames=self.decode(latents), latents=latents, fps=rate)
 
     def _check_settings(self, scale: float, eta: float, sampling: str, unguided_below: int,
                         image_model_below: int) -> None:
@@ -184,6 +227,15 @@ class TextToVideo:
                              f"ones, as the causal attention reads a clip) or 'joint' (all frames at once)")
         check_step("unguided_below", unguided_below, self.diffusion.num_train_timesteps)
         check_step("image_model_below", image_model_below, self.diffusion.num_train_timesteps)
+
+    def _check_interpolation(self, stride: int) -> None:
+        strides = self.config.train.interp_strides
+        if self.interp_model is None:
+            raise ValueError(f"interpolate={stride}: this pipeline has no frame interpolation model; train the run's "
+                             f"interp stage (python train.py --name NAME --stage interp) and load it with from_run")
+        if stride not in strides:
+            raise ValueError(f"interpolate={stride}: this run's interp model fills the frames between keyframes "
+                             f"{', '.join(map(str, strides))} frames apart (train.interp_strides); use one of those")
 
     def _frames_and_rate(self, batch: int, num_frames: int | None, fps: float | None) -> tuple[int, dict]:
         """The clip length and the U-Net's frame-rate condition {"fps": (B,)} ({} for an image model)."""

@@ -38,11 +38,14 @@ from .text import TextEncoder
 from .unet3d import UNet3D
 from .vae import AutoencoderKL, VideoVAE
 
-STAGE_ORDER = ("vae", "image", "video", "videovae")
-WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", "videovae": "videovae.pt"}
+STAGE_ORDER = ("vae", "image", "video", "videovae", "interp")
+WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", "videovae": "videovae.pt",
+                 "interp": "unet_interp.pt"}
 # the finished stages whose weights each stage starts from or trains against
-STAGE_INPUTS = {"vae": (), "image": ("vae",), "video": ("vae", "image"), "videovae": ("vae",)}
-STAGE_MODELS = {"vae": "VAE", "image": "image model", "video": "video model", "videovae": "VideoVAE"}
+STAGE_INPUTS = {"vae": (), "image": ("vae",), "video": ("vae", "image"), "videovae": ("vae",),
+                "interp": ("vae", "image")}
+STAGE_MODELS = {"vae": "VAE", "image": "image model", "video": "video model", "videovae": "VideoVAE",
+                "interp": "frame interpolation model"}
 
 
 def state_file(run_dir: Path, stage: str) -> Path:
@@ -196,6 +199,14 @@ def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.Module
                           "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
 
 
+def text_to_interp_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
+    """The interp stage's pair, saved together in unet_interp.pt: the same text encoder and the image
+    U-Net inflated with diffusion.keyframe_condition's latent_channels + 1 input channels beside the
+    latents, for windows of up to data.num_frames frames."""
+    unet = UNet3D.from_image(image_model["unet"], config.data.num_frames, config.vae.latent_channels + 1)
+    return nn.ModuleDict({"text_encoder": image_model["text_encoder"], "unet": unet})
+
+
 def _finished(run_dir: Path, stage: str) -> Path:
     """The weights file of a finished stage; a missing one is an error that says how to train it."""
     path = Path(run_dir) / WEIGHTS_FILES[stage]
@@ -224,6 +235,12 @@ def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
 def load_image_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
     """The image stage's text encoder and U-Net (EMA weights, unet_image.pt)."""
     return _loaded(text_to_image_model(load_run_config(run_dir)), run_dir, "image", device)
+
+
+def load_interp_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
+    """The interp stage's text encoder and frame interpolation U-Net (EMA weights, unet_interp.pt)."""
+    config = load_run_config(run_dir)
+    return _loaded(text_to_interp_model(text_to_image_model(config), config), run_dir, "interp", device)
 
 
 def load_video_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
@@ -352,7 +369,8 @@ def existing_run_config(run_dir: Path) -> Config | None:
 # The config sections each stage's weights depend on: once a stage has written a checkpoint, they
 # may not change for that run.
 STAGE_SECTIONS = {"vae": ("data", "vae"), "image": ("data", "vae", "text", "unet", "diffusion"),
-                  "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae")}
+                  "video": ("data", "vae", "text", "unet", "diffusion"), "videovae": ("data", "vae"),
+                  "interp": ("data", "vae", "text", "unet", "diffusion")}
 # settings that never change what is trained (all but the first are only used when sampling)
 RESUMABLE_KEYS = ("data.num_workers", "diffusion.guidance_scale", "diffusion.num_inference_steps",
                   "diffusion.video_sampling", "diffusion.image_model_below",

@@ -18,6 +18,10 @@ So a freshly inflated video U-Net computes exactly what the image U-Net computes
 and training moves it away from there. Only the temporal attention mixes frames, and only causally:
 the output for frame i depends on input frames 0..i.
 
+The frame interpolation model (the interp stage) is inflated the same way with `condition_channels`
+more input channels (diffusion.keyframe_condition), whose weights in conv_in start at zero: it too
+starts as the image model on the noisy latents.
+
     conv_in -> [ResBlock (+ Spatial|Temporal)] x n, Downsample   per level, keeping skips
             -> ResBlock, Spatial|Temporal, ResBlock               in the middle
             -> [concat skip, ResBlock (+ Spatial|Temporal)] x (n+1), Upsample   per level back up
@@ -137,10 +141,11 @@ class UNet3D(nn.Module):
     """max_frames None: image mode. An integer: video mode for clips of up to max_frames frames."""
 
     def __init__(self, config: UNetConfig, latent_channels: int, context_width: int,
-                 max_frames: int | None = None):
+                 max_frames: int | None = None, condition_channels: int = 0):
         super().__init__()
         self.config, self.max_frames = config, max_frames
         self.latent_channels, self.context_width = latent_channels, context_width
+        self.condition_channels = condition_channels  # input channels beside the latents (interp: 5)
         base = config.base_channels
         widths = [base * mult for mult in config.channel_mults]
         embedding_dim = 4 * base
@@ -151,7 +156,7 @@ class UNet3D(nn.Module):
                                          nn.Linear(embedding_dim, embedding_dim))
             nn.init.zeros_(self.fps_mlp[-1].weight)
             nn.init.zeros_(self.fps_mlp[-1].bias)
-        self.conv_in = nn.Conv2d(latent_channels, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(latent_channels + condition_channels, base, 3, padding=1)
         self.adaptor_in = frame_adaptor(base, max_frames)
 
         def level(inputs, width, attention):
@@ -200,14 +205,19 @@ class UNet3D(nn.Module):
         return self.max_frames is not None
 
     @classmethod
-    def from_image(cls, image_unet: "UNet3D", max_frames: int) -> "UNet3D":
+    def from_image(cls, image_unet: "UNet3D", max_frames: int, condition_channels: int = 0) -> "UNet3D":
         """Inflation: the video U-Net holding every weight of `image_unet` (copied), plus fresh
-        adaptors, temporal attention and frame-rate embedding that start as the identity / zero."""
+        adaptors, temporal attention and frame-rate embedding that start as the identity / zero; with
+        condition_channels, conv_in's weights for those extra input channels start at zero."""
         if image_unet.is_video:
             raise ValueError("from_image takes an image-mode U-Net; this one is already a video U-Net")
-        video = cls(image_unet.config, image_unet.latent_channels, image_unet.context_width, max_frames)
+        video = cls(image_unet.config, image_unet.latent_channels, image_unet.context_width, max_frames,
+                    condition_channels)
         video.to(next(image_unet.parameters()).device)
-        missing, unexpected = video.load_state_dict(image_unet.state_dict(), strict=False)
+        weights = image_unet.state_dict()
+        # conv_in (base, C, 3, 3) -> (base, C + condition_channels, 3, 3), the new input channels' weights zero
+        weights["conv_in.weight"] = F.pad(weights["conv_in.weight"], (0, 0, 0, 0, 0, condition_channels))
+        missing, unexpected = video.load_state_dict(weights, strict=False)
         new = set(video.video_parameter_names())
         if unexpected or set(missing) != new:  # every image weight must find its place
             raise RuntimeError(f"inflation mismatch: unexpected {unexpected}, "
@@ -231,7 +241,8 @@ class UNet3D(nn.Module):
                 frame_index: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: FrameCache | None = None) -> torch.Tensor:
         """latents (B, C, T, H, W), t (B,) or a step per frame (B, T), context (B, L, D), context_mask
-        (B, L), fps (B,) in video mode -> (B, C, T, H, W).
+        (B, L), fps (B,) in video mode -> (B, C, T, H, W). (With condition_channels, the input holds
+        those channels after the latents' C, and the output the latents' C alone.)
 
         A plain clip's frames sit at positions 0..T-1 and attend causally. Another layout passes each
         frame's position in its clip, frame_index (T,), which picks its adaptor values and position
