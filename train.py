@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -266,14 +267,19 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
               f"python benchmarks/video_quality.py --run {run_dir}; sample with "
               f"python sample.py --run {run_dir} --prompt \"{prompts[0]}\"")
 
-    # with video_trainable all, the reused image weights and text encoder take their own rate
-    new_layers = {f"unet.{name}" for name in unet.video_parameter_names()}
-    return Stage("video", model, loss, batches, config.train.video_steps,
-                 {"train.video_learning_rate": config.train.video_learning_rate,
-                  "train.video_reused_learning_rate": config.train.video_reused_learning_rate},
-                 rate_option=lambda name: ("train.video_learning_rate" if name in new_layers
-                                           else "train.video_reused_learning_rate"),
+    return Stage("video", model, loss, batches, config.train.video_steps, *inflated_rates(config, unet),
                  write_samples=write_samples, finish=finish)
+
+
+def inflated_rates(config: Config, unet, new: frozenset[str] = frozenset()) -> tuple[dict, typing.Callable[[str], str]]:
+    """(learning_rates, rate_option) of a stage that trains an inflated U-Net: the layers inflation
+    added (and `new`, more parameter names) at train.video_learning_rate; with video_trainable all,
+    the reused image weights and the text encoder at train.video_reused_learning_rate."""
+    new_layers = {f"unet.{name}" for name in unet.video_parameter_names()} | set(new)
+    rates = {"train.video_learning_rate": config.train.video_learning_rate,
+             "train.video_reused_learning_rate": config.train.video_reused_learning_rate}
+    return rates, lambda name: ("train.video_learning_rate" if name in new_layers
+                                else "train.video_reused_learning_rate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,13 +373,9 @@ def interp_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
               f"--run {run_dir}; sample with python sample.py --run {run_dir} --interpolate {strides[0]} "
               f"--prompt \"{sample_prompts(config)[0]}\"")
 
-    # as in the video stage: the new layers (and conv_in, which has new input channels) at their own rate
-    new_layers = {f"unet.{name}" for name in unet.video_parameter_names()} | {"unet.conv_in.weight"}
+    # as in the video stage, with conv_in (it has new input channels) among the new layers
     return Stage("interp", model, loss, batches, config.train.interp_steps,
-                 {"train.video_learning_rate": config.train.video_learning_rate,
-                  "train.video_reused_learning_rate": config.train.video_reused_learning_rate},
-                 rate_option=lambda name: ("train.video_learning_rate" if name in new_layers
-                                           else "train.video_reused_learning_rate"),
+                 *inflated_rates(config, unet, frozenset({"unet.conv_in.weight"})),
                  write_samples=write_samples, finish=finish)
 
 
