@@ -143,8 +143,8 @@ def test_video_stage_all_trains_reused_weights_at_their_own_rate(tmp_path):
 
 # every stage, 6 steps, a checkpoint every 3: a whole run in seconds
 SHORT = ["--preset", "smoke", "--train.vae_steps", "6", "--train.image_steps", "6", "--train.video_steps", "6",
-         "--train.videovae_steps", "6", "--train.checkpoint_every", "3", "--train.log_every", "3",
-         "--train.sample_every", "6"]
+         "--train.videovae_steps", "6", "--train.interp_steps", "6", "--train.checkpoint_every", "3",
+         "--train.log_every", "3", "--train.sample_every", "6"]
 
 
 def assert_same_files(run_dir, reference_dir):
