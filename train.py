@@ -271,7 +271,8 @@ def video_stage(config: Config, run_dir: Path, device: torch.device) -> Stage:
                  write_samples=write_samples, finish=finish)
 
 
-def inflated_rates(config: Config, unet, new: frozenset[str] = frozenset()) -> tuple[dict, typing.Callable[[str], str]]:
+def inflated_rates(config: Config, unet, new: frozenset[str] = frozenset()
+                   ) -> tuple[dict, typing.Callable[[str], str]]:
     """(learning_rates, rate_option) of a stage that trains an inflated U-Net: the layers inflation
     added (and `new`, more parameter names) at train.video_learning_rate; with video_trainable all,
     the reused image weights and the text encoder at train.video_reused_learning_rate."""

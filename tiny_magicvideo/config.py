@@ -261,9 +261,8 @@ def smoke_preset() -> Config:
     config.unet = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
     config.diffusion = DiffusionConfig(num_inference_steps=4)
     config.train = TrainConfig(
-        batch_size=4, warmup_steps=5, vae_steps=20, image_steps=20, video_steps=20, videovae_steps=20, interp_steps=20,
-        interp_strides=(2,),
-        log_every=5, sample_every=10, checkpoint_every=10,
+        batch_size=4, warmup_steps=5, vae_steps=20, image_steps=20, video_steps=20, videovae_steps=20,
+        interp_steps=20, interp_strides=(2,), log_every=5, sample_every=10, checkpoint_every=10,
     )
     return config
 
