@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
-from tiny_magicvideo.config import get_preset
-from tiny_magicvideo.pipeline import TextToVideo, save_strip, save_video
+from tiny_magicvideo.media import save_strip, save_video
+from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.presets import get_preset
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -79,4 +81,5 @@ def check_writable(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    warnings.formatwarning = lambda message, *details: f"warning: {message}\n"  # one line, no source
     main()

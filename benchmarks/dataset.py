@@ -12,8 +12,9 @@ import argparse
 import time
 
 from tiny_magicvideo.config import DataConfig
-from tiny_magicvideo.data import COLOURS, MOTIONS, SHAPES, make_loader, sample_clip
+from tiny_magicvideo.data import make_loader, sample_clip
 from tiny_magicvideo.metrics import agreement, detect
+from tiny_magicvideo.shapes import COLOURS, MOTIONS, SHAPES
 
 
 def measure(config: DataConfig, num_clips: int, label: str) -> None:

@@ -31,9 +31,10 @@ import time
 
 import torch
 
-from tiny_magicvideo.data import MOTIONS, frames_to_video, plain_caption, sample_clip
+from tiny_magicvideo.data import frames_to_video, sample_clip
 from tiny_magicvideo.diffusion import GaussianDiffusion, twin_clip_layout
 from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.shapes import MOTIONS, plain_caption
 
 # each moving direction's opposite: the motion whose unit vector is its negation (static has none)
 OPPOSITE = {name: other for name, (dx, dy) in MOTIONS.items() for other, vector in MOTIONS.items()

@@ -1,6 +1,6 @@
 """FLOPs of latent diffusion against the same U-Net in pixel space, per U-Net call and per clip.
 
-    python benchmarks/flops.py [--steps 25]
+    python benchmarks/flops.py [--num_inference_steps 25]
 
 MagicVideo's claim (section 1): about 64x fewer FLOPs than VDM, by diffusing 8x smaller latents. This
 prints (1) one U-Net call on one clip, in latent and in pixel space, at the presets' 64x64 frames with
@@ -29,8 +29,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiny_magicvideo.attention import FrameCache, MultiHeadAttention
-from tiny_magicvideo.config import Config, get_preset
+from tiny_magicvideo.config import Config
+from tiny_magicvideo.models import text_vocabulary
 from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.presets import get_preset
 from tiny_magicvideo.text import TextEncoder
 from tiny_magicvideo.unet3d import UNet3D
 from tiny_magicvideo.vae import AutoencoderKL
@@ -102,7 +104,7 @@ def clip_flops(config: Config, steps: int, **sampling) -> dict[str, float]:
     """GFLOPs of one clip: the video and image U-Nets' calls, the text encoder, the decoder."""
     config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, scaling_factor=1.0))
     torch.manual_seed(0)
-    text_encoder = explicit_attention(TextEncoder(config.text).eval())
+    text_encoder = explicit_attention(TextEncoder(config.text, *text_vocabulary(config)).eval())
     video, image = (PricedUNet(meta_unet(config, config.vae.latent_channels, max_frames))
                     for max_frames in (config.data.num_frames, None))
     pipeline = TextToVideo(AutoencoderKL(config.vae), text_encoder, video, config,
@@ -160,10 +162,10 @@ def per_clip_table(steps: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps per clip (the presets' 25)")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps per clip (the presets' 25)")
     args = parser.parse_args(argv)
     per_call_table()
-    per_clip_table(args.steps)
+    per_clip_table(args.num_inference_steps)
 
 
 if __name__ == "__main__":

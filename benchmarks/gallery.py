@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tiny_magicvideo.data import plain_caption, split_combinations
+from tiny_magicvideo.data import split_combinations
+from tiny_magicvideo.media import save_video
 from tiny_magicvideo.metrics import detect, sampling_seed
-from tiny_magicvideo.pipeline import TextToVideo, save_video
+from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.shapes import plain_caption
 
 TRAINED = [("red", "circle", "left"), ("green", "square", "down"), ("blue", "triangle", "right"),
            ("yellow", "circle", "up"), ("magenta", "triangle", "left"), ("cyan", "square", "right"),

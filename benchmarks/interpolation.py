@@ -1,6 +1,6 @@
 """Measure the frame interpolation model: keyframe clips against the same clips with frames filled between.
 
-    python benchmarks/interpolation.py --run runs/cpu [--clips 100] [--stride 2] [--steps 25]
+    python benchmarks/interpolation.py --run runs/cpu [--clips 100] [--stride 2] [--num_inference_steps 25]
         [--seeds reporting|tuning] [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>" cycle through the combinations the run trained on.
@@ -25,9 +25,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from tiny_magicvideo.data import frames_to_video, plain_caption, split_combinations
+from tiny_magicvideo.data import frames_to_video, split_combinations
 from tiny_magicvideo.metrics import detect, jitter, sampling_seed, share_with_interval
 from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.shapes import plain_caption
 
 JUMP_PIXELS = 8  # as video_quality.py: twice the fastest trained motion a frame
 KINDS = ("keyframes", "filled")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", required=True, help="a run directory with video and interp stages")
     parser.add_argument("--clips", type=int, default=100)
     parser.add_argument("--stride", type=int, default=None, help="S (default: the first of train.interp_strides)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's)")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the run's)")
     parser.add_argument("--seeds", choices=("reporting", "tuning"), default="reporting")
     parser.add_argument("--batch_size", type=int, default=10)
     parser.add_argument("--device", default="cpu")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     start, rate = time.perf_counter(), {}
     for first in range(0, args.clips, args.batch_size):
         chosen = [combos[i % len(combos)] for i in range(first, min(first + args.batch_size, args.clips))]
-        output = pipeline([plain_caption(*combo) for combo in chosen], num_inference_steps=args.steps,
+        output = pipeline([plain_caption(*combo) for combo in chosen], num_inference_steps=args.num_inference_steps,
                           seed=sampling_seed(first, args.seeds == "reporting"), interpolate=stride)
         clips = {"keyframes": pipeline.decode(output.latents[:, :, ::stride]), "filled": output.frames}
         rate = {"keyframes": output.fps / stride, "filled": output.fps}

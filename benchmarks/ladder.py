@@ -60,7 +60,7 @@ def main() -> None:
         return
     if not 0 <= args.row < len(ROWS):
         sys.exit(f"error: --row {args.row}: the rows are 0 to {len(ROWS) - 1}")
-    from tiny_magicvideo.config import get_preset
+    from tiny_magicvideo.presets import get_preset
 
     base = Path(args.base)
     run_dir = base.parent / run_name(args.row, args.seed)

@@ -1,6 +1,6 @@
 """Seconds to generate one clip with a preset's default sampling settings, on this machine.
 
-    python benchmarks/sampling_speed.py [--preset cpu] [--run DIR] [--clips 10] [--steps S] [--no_cache]
+    python benchmarks/sampling_speed.py [--preset cpu] [--run DIR] [--clips 10] [--num_inference_steps S] [--no_cache]
 
 Times TextToVideo on one prompt at a time (one 8-frame clip for the cpu preset): the text encoders,
 every denoising step of the run's sampler (frame by frame with the frame cache, the two experts,
@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from tiny_magicvideo.config import get_preset
+from tiny_magicvideo.models import text_to_image_model, text_to_video_model
 from tiny_magicvideo.pipeline import TextToVideo
-from tiny_magicvideo.runs import text_to_image_model, text_to_video_model
+from tiny_magicvideo.presets import get_preset
 from tiny_magicvideo.vae import AutoencoderKL
 
 
@@ -41,12 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="cpu", help="the preset whose sizes and settings to time (no --run)")
     parser.add_argument("--run", default=None, help="a trained run directory instead (its own settings)")
     parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's or run's)")
+    parser.add_argument("--num_inference_steps", type=int, default=None,
+                        help="DDIM steps (default: the preset's or run's)")
     parser.add_argument("--no_cache", action="store_true", help="frame by frame, recompute the finished frames")
     args = parser.parse_args(argv)
     pipeline = TextToVideo.from_run(args.run, device="cpu") if args.run else random_pipeline(args.preset)
     settings = pipeline.config.diffusion
-    steps = settings.num_inference_steps if args.steps is None else args.steps
+    steps = settings.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps
     print(f"{args.run or f'the {args.preset} preset, random weights'}: {pipeline.config.data.num_frames} frames of "
           f"{pipeline.config.data.image_size}x{pipeline.config.data.image_size}, {steps} "
           f"steps, {settings.video_sampling}, image model below {settings.image_model_below}, unguided below "

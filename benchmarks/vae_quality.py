@@ -16,7 +16,8 @@ import torch
 
 from tiny_magicvideo.data import frames_to_video, sample_clip, video_to_frames
 from tiny_magicvideo.metrics import ATTRIBUTES, attribute_matches, detect, psnr
-from tiny_magicvideo.runs import checkpoint_step, load_run_config, load_vae
+from tiny_magicvideo.models import load_vae
+from tiny_magicvideo.runs import checkpoint_step, load_run_config
 
 
 @torch.no_grad()

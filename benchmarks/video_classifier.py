@@ -1,6 +1,6 @@
 """Judge generated clips with a video classifier trained here, from scratch: no downloaded network.
 
-    python benchmarks/video_classifier.py --run runs/cpu [--steps 800] [--clips 100] [--retrain]
+    python benchmarks/video_classifier.py --run runs/cpu [--training_steps 800] [--clips 100] [--retrain]
         [--seeds reporting|tuning] [--device cpu|auto|cuda|mps]
 
 1. A small 3D convolutional classifier (VideoClassifier) learns the run's own training data: real
@@ -34,11 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tiny_magicvideo.config import DataConfig
-from tiny_magicvideo.data import VideoDataset, frames_to_video, make_loader, plain_caption, split_combinations
+from tiny_magicvideo.data import frames_to_video, make_loader, split_combinations
+from tiny_magicvideo.distributed import resolve_device
 from tiny_magicvideo.metrics import detect, frechet_distance, sampling_seed, share_with_interval
 from tiny_magicvideo.pipeline import TextToVideo
-from tiny_magicvideo.runs import load_checkpoint, load_state_dict, resolve_device, save_atomically
-from tiny_magicvideo.videos import VideoFiles, class_words
+from tiny_magicvideo.runs import load_checkpoint, load_state_dict, save_atomically
+from tiny_magicvideo.shapes import plain_caption
+from tiny_magicvideo.videos import CachedVideos, class_words
 
 CLASSIFIER_FILE = "classifier.pt"
 
@@ -75,7 +77,7 @@ def label_sets(data: DataConfig) -> dict[str, list[str]]:
     if data.source == "shapes":
         return {"colour": list(data.colours), "shape": list(data.shapes), "direction": list(data.motions)}
     if data.source == "ucf101":
-        return {"class": sorted({video["label"] for video in VideoFiles(data).videos_of("train")})}
+        return {"class": sorted({video["label"] for video in CachedVideos(data).videos_of("train")})}
     raise ValueError(f"data.source {data.source}: the videos have captions but no labels to train a classifier "
                      f"on; the classifier needs the moving shapes or UCF-101")
 
@@ -164,7 +166,8 @@ def load_or_train(run_dir: Path, data: DataConfig, steps: int, real_clips: int, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run directory with a video stage, e.g. runs/cpu")
-    parser.add_argument("--steps", type=int, default=800, help="the classifier's training steps (batches of 32)")
+    parser.add_argument("--training_steps", type=int, default=800,
+                        help="the classifier's training steps (batches of 32)")
     parser.add_argument("--real_clips", type=int, default=512, help="real validation clips for the distance")
     parser.add_argument("--clips", type=int, default=100, help="generated clips to judge")
     parser.add_argument("--retrain", action="store_true", help="train the classifier anew")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video")
         device, data = resolve_device(args.device), pipeline.config.data
-        model, real = load_or_train(Path(args.run), data, args.steps, args.real_clips, args.retrain, device)
+        model, real = load_or_train(Path(args.run), data, args.training_steps, args.real_clips, args.retrain, device)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     labels = label_sets(data)

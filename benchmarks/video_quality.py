@@ -1,13 +1,13 @@
 """Measure the text-to-video model: do sampled clips show the colour, shape and motion of their prompt?
 
-    python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--steps 25]
+    python benchmarks/video_quality.py --run runs/cpu [--clips 120] [--heldout_clips 60] [--num_inference_steps 25]
         [--guidance_scale G] [--unguided_below S] [--sampling frame_by_frame|joint] [--image_model_below S]
         [--seeds reporting|tuning] [--decoder video|image] [--device cpu|auto|cuda|mps]
 
 Prompts "a <colour> <shape> moving <direction>": `--clips` of them cycle through the combinations
 the model trained on, `--heldout_clips` through the held-out combinations it never saw
 (data.held_out). Clip i is sampled at the run's frame rates in turn, in batches seeded by their
-first clip's index (so the table is reproducible), with DDIM (`--steps`, frame by frame unless the
+first clip's index (so the table is reproducible), with DDIM (`--num_inference_steps`, frame by frame unless the
 run or `--sampling` says joint), the run's guidance scale (none below its unguided_below), and the
 image model below the run's image_model_below. The attribute detector (metrics.py) reads each clip
 back; the tables give the share of clips whose detected colour, shape and direction match the
@@ -30,9 +30,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from tiny_magicvideo.data import frame_rates, plain_caption, split_combinations
+from tiny_magicvideo.data import frame_rates, split_combinations
 from tiny_magicvideo.metrics import detect, sampling_seed, share_with_interval
 from tiny_magicvideo.pipeline import TextToVideo
+from tiny_magicvideo.shapes import plain_caption
 from tiny_magicvideo.vae import VideoVAE
 
 JUMP_PIXELS = 8  # a frame-to-frame step of the object's centre twice the fastest trained motion
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a run directory with a video stage, e.g. runs/cpu")
     parser.add_argument("--clips", type=int, default=120, help="clips of trained combinations")
     parser.add_argument("--heldout_clips", type=int, default=60, help="clips of held-out combinations")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the run's")
     parser.add_argument("--unguided_below", type=int, default=None,
                         help="no guidance below this step (default: the run's diffusion.unguided_below)")
@@ -114,7 +115,7 @@ def main() -> None:
     below = config.diffusion.image_model_below if args.image_model_below is None else args.image_model_below
     decoder = "VideoVAE" if isinstance(pipeline.vae, VideoVAE) else "image VAE"
     print(f"{args.run}: {config.data.num_frames} frames of {config.data.image_size}x{config.data.image_size}, "
-          f"DDIM {args.steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}"
+          f"DDIM {args.num_inference_steps} steps ({sampling.replace('_', ' ')}), guidance scale {scale}"
           f"{f' from step {unguided} up' if unguided else ''}, "
           f"{f'the image model below step {below}' if below else 'the video model throughout'}, "
           f"decoded by the {decoder}, on {pipeline.device}, {args.seeds} seeds")
@@ -130,7 +131,7 @@ def main() -> None:
         if count <= 0:
             continue
         start = time.perf_counter()
-        results[name] = evaluate(pipeline, combos, count, args.steps, scale, unguided, sampling, below,
+        results[name] = evaluate(pipeline, combos, count, args.num_inference_steps, scale, unguided, sampling, below,
                                  reporting=args.seeds == "reporting")
         seconds = time.perf_counter() - start
         print(f"{name}: {count} clips in {seconds:.0f} s ({seconds / count:.2f} s a clip)")

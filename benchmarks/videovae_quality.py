@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-from tiny_magicvideo.data import frames_to_video, plain_caption, sample_clip, split_combinations
+from tiny_magicvideo.data import frames_to_video, sample_clip, split_combinations
 from tiny_magicvideo.metrics import flicker, jitter, psnr
+from tiny_magicvideo.models import load_vae, load_video_vae
 from tiny_magicvideo.pipeline import TextToVideo
-from tiny_magicvideo.runs import checkpoint_step, load_run_config, load_vae, load_video_vae, read_record
+from tiny_magicvideo.runs import checkpoint_step, load_run_config, read_record
+from tiny_magicvideo.shapes import plain_caption
 
 
 def in_batches(function, clips: torch.Tensor, size: int = 16) -> torch.Tensor:

@@ -12,7 +12,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """A run of every built stage on the smoke preset (seconds on a CPU), shared by the tests."""
-    import train
+    import helpers
 
     runs = tmp_path_factory.mktemp("runs")
-    return train.main(["--preset", "smoke", "--runs_dir", str(runs), "--name", "pipeline"])
+    return helpers.train(["--preset", "smoke", "--runs_dir", str(runs), "--name", "pipeline"])

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_video
 
-from tiny_magicvideo.pipeline import load_video
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -33,7 +33,7 @@ def test_gallery_labels_every_clip_with_its_prompt_and_what_the_detector_reads(s
 @pytest.mark.slow
 def test_video_classifier_trains_saves_reloads_and_reports_shares_and_the_distance(smoke_run, capsys):
     classifier = load_script("video_classifier")
-    args = ["--run", str(smoke_run), "--steps", "20", "--real_clips", "16", "--clips", "4", "--seeds", "tuning"]
+    args = ["--run", str(smoke_run), "--training_steps", "20", "--real_clips", "16", "--clips", "4", "--seeds", "tuning"]
     classifier.main(args)
     output = capsys.readouterr().out
     assert (smoke_run / classifier.CLASSIFIER_FILE).is_file() and "saved" in output
@@ -61,12 +61,11 @@ def test_lesson_times_sums_the_recorded_cell_times():
 def test_flops_prices_a_clip_as_the_counter_counts_the_real_run(sampling):
     import dataclasses
 
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tiny_magicvideo.config import get_preset
+    from tiny_magicvideo.presets import get_preset
     from tiny_magicvideo.pipeline import TextToVideo
-    from tiny_magicvideo.runs import text_to_image_model, text_to_video_model
+    from tiny_magicvideo.models import text_to_image_model, text_to_video_model
     from tiny_magicvideo.vae import AutoencoderKL
 
     flops = load_script("flops")
@@ -86,7 +85,7 @@ def test_flops_prices_a_clip_as_the_counter_counts_the_real_run(sampling):
 
 @pytest.mark.slow
 def test_training_speed_times_every_stage_and_adds_up_the_preset(capsys):
-    load_script("training_speed").main(["--preset", "smoke", "--steps", "8", "--device", "cpu"])
+    load_script("training_speed").main(["--preset", "smoke", "--training_steps", "8", "--device", "cpu"])
     output = capsys.readouterr().out
     table = [line.split(" | ") for line in output.splitlines() if line.startswith("| ")][1:]
     assert [row[0] for row in table] == ["| vae", "| image", "| video", "| videovae", "| interp"]
@@ -96,7 +95,7 @@ def test_training_speed_times_every_stage_and_adds_up_the_preset(capsys):
 
 @pytest.mark.slow
 def test_interpolation_reads_keyframe_and_filled_clips_alike(smoke_run, capsys):
-    result = load_script("interpolation").main(["--run", str(smoke_run), "--clips", "4", "--steps", "2",
+    result = load_script("interpolation").main(["--run", str(smoke_run), "--clips", "4", "--num_inference_steps", "2",
                                                 "--batch_size", "2"])
     output = capsys.readouterr().out
     assert "keyframes 4 frames at 4 fps, filled (S = 2) 7 frames at 8 fps" in output

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from tiny_magicvideo.config import PRESETS, Config, DataConfig, build_parser, get_preset, parse_config
+from tiny_magicvideo.cli import build_parser, parse_config
+from tiny_magicvideo.config import Config, DataConfig
+from tiny_magicvideo.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -14,7 +16,7 @@ def test_every_preset_round_trips_through_json(preset):
 
 def test_overrides_are_typed_and_reach_their_section():
     config, _ = parse_config([
-        "--preset", "smoke", "--data.num_frames", "6", "--data.colours", "red,blue",
+        "--preset", "smoke", "--data.num_frames", "6", "--data.colours", "red,blue", "--data.held_out", "",
         "--data.speed_range", "0.5,1.5", "--vae.scaling_factor", "0.25",
         "--vae.downsample_factor", "8", "--train.mixed_precision", "true",
         "--unet.channel_mults", "1,2,4", "--train.learning_rate", "1e-3",
@@ -82,6 +84,20 @@ def test_every_departure_from_the_paper_says_so_where_it_is_defined():
             above -= 1
         comment = " ".join(line.strip().lstrip("#").strip() for line in lines[above:row])
         assert "not in the paper" in comment, field_name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data.colours", "red,purple"], "unknown colour 'purple' in data.colours"),  # the data's checks
+    (["--data.num_frames", "40"], "a clip does not fit"),
+    (["--train.video_t_min", "1000"], "train.video_t_min 1000 is not a step: use 0 to 999"),  # the video stage's
+    (["--train.video_twin_clips", "true"], "add --diffusion.past_frames clean"),
+    (["--train.video_frame1_weight", "3"], "weighs the twin clips' frame 1; add --train.video_twin_clips true"),
+    (["--diffusion.beta_end", "2"], "must satisfy 0 < beta_start <= beta_end < 1"),  # the diffusion's
+    (["--data.image_size", "30"], "must be a multiple of 8; use 32 or 24"),  # the models'
+])
+def test_every_check_is_made_when_the_config_is_parsed(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(["--preset", "smoke", *argv])
 
 
 @pytest.mark.parametrize("argv, named", [

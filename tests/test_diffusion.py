@@ -5,7 +5,7 @@ import torch
 
 from tiny_magicvideo.config import DiffusionConfig
 from tiny_magicvideo.diffusion import (GaussianDiffusion, classifier_free_guidance, clip_windows, keyframe_condition,
-                                      keyframe_windows, make_betas, twin_clip_layout)
+                                       keyframe_windows, make_betas, twin_clip_layout)
 
 
 def test_schedules_match_their_definitions():
@@ -184,8 +184,6 @@ def test_t_min_draws_only_the_noisiest_steps():
     noisy, every = seen
     assert noisy.min() == 700 and noisy.max() == 999
     assert every.min() < 50 and every.max() == 999
-    with pytest.raises(ValueError, match="t_min 1000"):
-        d.training_loss(model, torch.zeros(4, 2), g, t_min=1000)
 
 
 def test_twin_clip_layout_lets_noisy_frame_k_see_the_clean_past_and_itself():
@@ -221,8 +219,6 @@ def test_twin_training_loss_shows_the_clean_clip_then_its_noisy_twin_a_step_per_
     leftover_noise = (x[:, :, 6:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # = eps
     assert abs(leftover_noise.std().item() - 1) < 0.05
     assert 0.8 < loss.item() < 1.2  # the clean clip's absurd predictions are not in the loss
-    with pytest.raises(ValueError, match="t_min 1000 is outside 0..999"):
-        d.twin_training_loss(model, x0, t_min=1000)
 
 
 @pytest.mark.parametrize("frame1_weight", [1.0, 5.0])
@@ -240,8 +236,6 @@ def test_frame1_weight_weighs_frame_1_against_the_other_frames(frame1_weight):
     loss = d.twin_training_loss(model, x0, torch.Generator().manual_seed(0), frame1_weight=frame1_weight)
     # weighted mean of the frame losses (0, 1, 0, 0, 0, 0) with weights (1, w, 1, 1, 1, 1)
     assert loss.item() == pytest.approx(frame1_weight / (5 + frame1_weight), rel=1e-3)
-    with pytest.raises(ValueError, match="frame1_weight 0 must be positive"):
-        d.twin_training_loss(model, x0, frame1_weight=0)
 
 
 @pytest.mark.parametrize("clean_past", [False, True])

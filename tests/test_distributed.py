@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
+import helpers
 from tiny_magicvideo.data import StepBatchSampler
-from tiny_magicvideo.layers import BatchShare, rand, randint, randn
+from tiny_magicvideo.distributed import BatchShare, rand, randint, randn
 from tiny_magicvideo.runs import WEIGHTS_FILES, checkpoint_step, load_checkpoint
 from tiny_magicvideo.training import read_log
 
@@ -54,7 +54,7 @@ def test_a_batch_share_draws_its_rows_of_the_global_batch_draw():
 @pytest.mark.slow
 def test_one_step_of_two_processes_gives_the_weights_of_one_process_with_the_whole_batch(tmp_path):
     two = torchrun(2, *ONE_STEP_EACH, "--runs_dir", str(tmp_path), "--name", "two")
-    train.main([*ONE_STEP_EACH, "--runs_dir", str(tmp_path), "--name", "one"])
+    helpers.train([*ONE_STEP_EACH, "--runs_dir", str(tmp_path), "--name", "one"])
     finished(two)
     for stage, file in WEIGHTS_FILES.items():
         one, parallel = (load_checkpoint(tmp_path / name / file, ("model",))["model"] for name in ("one", "two"))
@@ -108,12 +108,12 @@ def test_two_processes_killed_resume_and_finish_with_one_process_writing_the_fil
     assert run_dir.joinpath("lock").read_text() == ""  # process 0 held the run and released it
 
     # the same run goes on with one process (train longer: the checkpoint holds the global batch's state)
-    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--train.interp_steps", "6"])
+    helpers.train(["--runs_dir", str(tmp_path), "--name", "run", "--train.interp_steps", "6"])
     assert checkpoint_step(run_dir / "unet_interp.pt") == 6
 
 
 def test_help_documents_torchrun(capsys):
     with pytest.raises(SystemExit):
-        train.main(["--help"])
+        helpers.train(["--help"])
     help_text = capsys.readouterr().out
     assert "torchrun --nproc_per_node N train.py [options]" in help_text and "--nnodes M" in help_text

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from tiny_magicvideo.config import DataConfig
-from tiny_magicvideo.data import BACKGROUND, COLOURS, MOTIONS, SHAPES, sample_clip
+from tiny_magicvideo.data import sample_clip
 from tiny_magicvideo.metrics import (UNKNOWN, agreement, attribute_matches, detect, flicker, frechet_distance, jitter,
                                      read_motion)
+from tiny_magicvideo.shapes import BACKGROUND, COLOURS, MOTIONS, SHAPES
 
 
 def _agreement_on(config: DataConfig, num_clips: int) -> dict:

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-import train
+import helpers
+from helpers import load_video
 from tiny_magicvideo.attention import FrameCache
 from tiny_magicvideo.config import DiffusionConfig, UNetConfig
 from tiny_magicvideo.diffusion import GaussianDiffusion, classifier_free_guidance
-from tiny_magicvideo.pipeline import TextToVideo, load_video, save_strip, two_experts, with_frame_cache
+from tiny_magicvideo.media import save_strip
+from tiny_magicvideo.pipeline import TextToVideo, two_experts, with_frame_cache
 from tiny_magicvideo.unet3d import UNet3D
 from tiny_magicvideo.vae import VideoVAE
 
@@ -235,8 +237,8 @@ def test_the_video_vae_decodes_where_the_run_has_one(smoke_run):
 
 
 def test_a_run_without_the_video_stage_is_a_clear_error(tmp_path):
-    run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "vae"])
-    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "image"])
+    run_dir = helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "vae"])
+    helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "image"])
     assert not TextToVideo.from_run(run_dir).unet.is_video  # the image model, by default
     with pytest.raises(FileNotFoundError, match="no video model.*--stage video"):
         TextToVideo.from_run(run_dir, stage="video")

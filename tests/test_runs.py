@@ -3,14 +3,19 @@
 import errno
 import json
 import os
+import pickle
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tiny_magicvideo.config import get_preset
-from tiny_magicvideo.runs import (RunInUse, RunLock, dependent_stages, existing_run_config, fingerprint,
-                                  load_checkpoint, load_run_config, load_weights, save_atomically,
-                                  train_command, write_text_atomically)
+from tiny_magicvideo.lock import RunInUse, RunLock
+from tiny_magicvideo.presets import get_preset
+from tiny_magicvideo.runs import (dependent_stages, existing_run_config, fingerprint, load_checkpoint, load_run_config,
+                                  load_weights, readable_size, read_record, save_atomically, train_command,
+                                  write_text_atomically)
 from tiny_magicvideo.vae import AutoencoderKL
 
 
@@ -22,10 +27,16 @@ def test_a_full_disk_is_one_error_naming_the_file_and_leaves_the_old_file_whole(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)  # the bytes are written; making them durable fails
-    with pytest.raises(OSError, match=f"no space left on the disk to write {path} .*MB free"):
+    with pytest.raises(OSError, match=f"no space left on the disk to write {path} .*[KMG]B free"):
         save_atomically({"step": torch.tensor(2)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"], "a .tmp file was left behind"
     assert int(load_checkpoint(path, ["step"])["step"]) == 1
+
+
+def test_free_space_is_said_in_the_unit_that_keeps_it_readable():
+    assert readable_size(532_000) == "520 KB"  # not "1 MB free"
+    assert readable_size(800) == "800 bytes"
+    assert readable_size(3.5 * 2 ** 20) == "3.5 MB" and readable_size(53.2 * 2 ** 30) == "53.2 GB"
 
 
 def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -54,6 +65,36 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
     with RunLock(tmp_path):
         assert f"process {os.getpid()}" in (tmp_path / "lock").read_text()
     assert "taking over" in capsys.readouterr().out
+
+
+def test_a_lock_file_copied_with_its_run_folder_names_its_still_running_holder_as_such(tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # the copy's lock file names a process that runs on, holding the original folder's lock
+        (tmp_path / "lock").write_text(f"process {holder.pid} on {socket.gethostname()} since 2026-01-01 00:00\n")
+        with RunLock(tmp_path):
+            pass
+        said = capsys.readouterr().out
+        assert f"process {holder.pid}" in said and "is still running but does not hold this lock" in said
+        assert "ended without releasing it" not in said
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "lock").write_text(f"process {holder.pid} on {socket.gethostname()} since 2026-01-01 00:00\n")
+    with RunLock(tmp_path):  # now it has ended
+        pass
+    assert f"process {holder.pid} on {socket.gethostname()} since 2026-01-01 00:00 ended without releasing it" \
+        in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("garbage", [os.urandom(4096), pickle.dumps({"model": 1, "step": 2}), b""])
+def test_random_bytes_or_a_raw_pickle_are_not_a_checkpoint_of_this_project(tmp_path, garbage):
+    path = tmp_path / "unet.pt"
+    path.write_bytes(garbage)
+    for read in (lambda: load_checkpoint(path, ["step"]), lambda: read_record(path)):  # read_record maps it
+        with pytest.raises(ValueError, match=r"unet.pt is not a readable checkpoint of this project \(not the zip "
+                                             r"archive torch.save writes.*delete it and re-run") as error:
+            read()
+        assert "mmap" not in str(error.value) and "IndexError" not in str(error.value)
 
 
 def test_a_code_carrying_checkpoint_is_refused_without_pytorchs_advice_to_run_it(tmp_path):

@@ -11,14 +11,14 @@ import time
 import pytest
 import torch
 
-import sample
-import train
-from tiny_magicvideo.pipeline import load_video
+import helpers
+from helpers import load_video
+from tiny_magicvideo import stages
 from tiny_magicvideo.runs import WEIGHTS_FILES, checkpoint_step, load_checkpoint, load_run_config
 
 
 def test_main_job_trains_every_stage_and_skips_finished_ones(tmp_path, capsys):
-    run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
+    run_dir = helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     config = load_run_config(run_dir)
     assert config.preset == "smoke" and config.name == "first"
     assert config.vae.scaling_factor is not None and config.vae.scaling_factor > 0
@@ -37,20 +37,20 @@ def test_main_job_trains_every_stage_and_skips_finished_ones(tmp_path, capsys):
     assert not list(run_dir.glob("*.tmp"))
     assert "stage videovae: on 32 validation clips, flicker" in capsys.readouterr().out
 
-    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
+    helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first"])
     output = capsys.readouterr().out
     assert all(f"stage {name}: finished" in output for name in ("vae", "image", "video", "videovae"))
     assert load_run_config(run_dir).vae.scaling_factor == config.vae.scaling_factor
 
     # more steps continue the finished stage from its last checkpoint
-    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first",
+    helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "first",
                 "--stage", "vae", "--train.vae_steps", "25"])
     assert "resuming from step 20" in capsys.readouterr().out
     assert checkpoint_step(run_dir / "vae.pt") == 25
 
 
 def test_the_image_stage_encodes_each_training_frame_once_into_the_latent_it_would_draw(tmp_path):
-    from tiny_magicvideo.config import get_preset
+    from tiny_magicvideo.presets import get_preset
     from tiny_magicvideo.data import frames_to_video, sample_clip
     from tiny_magicvideo.vae import AutoencoderKL
 
@@ -58,10 +58,10 @@ def test_the_image_stage_encodes_each_training_frame_once_into_the_latent_it_wou
     config.vae = dataclasses.replace(config.vae, scaling_factor=0.5)
     torch.manual_seed(0)
     vae = AutoencoderKL(config.vae).eval()
-    latents, captions = train.encode_training_frames(vae, config, torch.device("cpu"))
+    latents, captions = stages.encode_training_frames(vae, config, torch.device("cpu"))
     assert latents.shape[0] == len(captions) == config.data.num_train_clips
     for index in (0, 5, config.data.num_train_clips - 1):
-        frame, caption, _ = sample_clip(train.single_frames(config.data), "train", index)
+        frame, caption, _ = sample_clip(stages.single_frame_data(config.data), "train", index)
         with torch.no_grad():
             alone = vae.encode_video(frames_to_video(frame)[None])  # (1, 4, 1, h, w)
         assert captions[index] == caption
@@ -70,16 +70,16 @@ def test_the_image_stage_encodes_each_training_frame_once_into_the_latent_it_wou
 
 def test_changing_the_model_of_an_existing_run_is_refused(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run"]
-    train.main(args + ["--train.vae_steps", "2", "--stage", "vae"])
+    helpers.train(args + ["--train.vae_steps", "2", "--stage", "vae"])
     with pytest.raises(SystemExit, match="vae.base_channels 8 -> 16.*--name NEW"):
-        train.main(args + ["--vae.base_channels", "16", "--stage", "vae"])
+        helpers.train(args + ["--vae.base_channels", "16", "--stage", "vae"])
     # the U-Net has not been trained in this run yet, so its settings may still change
-    train.main(args + ["--unet.base_channels", "8", "--train.image_steps", "2", "--stage", "image"])
+    helpers.train(args + ["--unet.base_channels", "8", "--train.image_steps", "2", "--stage", "image"])
     # what the video stage trains may change until the video stage starts, not after
     args += ["--unet.base_channels", "8", "--train.video_steps", "2", "--stage", "video"]
-    train.main(args + ["--unet.video_trainable", "all"])
+    helpers.train(args + ["--unet.video_trainable", "all"])
     with pytest.raises(SystemExit, match="unet.video_trainable 'all' -> 'temporal'"):
-        train.main(args + ["--unet.video_trainable", "temporal"])
+        helpers.train(args + ["--unet.video_trainable", "temporal"])
 
 
 def test_video_stage_trains_twin_clips_for_clean_past_frames_and_keeps_the_choice(tmp_path):
@@ -87,39 +87,39 @@ def test_video_stage_trains_twin_clips_for_clean_past_frames_and_keeps_the_choic
             "--train.image_steps", "2", "--train.video_steps", "2", "--train.videovae_steps", "0"]
     twin = ["--diffusion.past_frames", "clean", "--train.video_twin_clips", "true"]
     # image_model_below: the sample GIFs take the image stage's model for the low steps
-    run_dir = train.main(args + twin + ["--diffusion.image_model_below", "500"])
+    run_dir = helpers.train(args + twin + ["--diffusion.image_model_below", "500"])
     assert checkpoint_step(run_dir / "unet.pt") == 2 and (run_dir / "samples" / "video_000002.gif").is_file()
     assert load_run_config(run_dir).diffusion.past_frames == "clean"
     with pytest.raises(SystemExit, match="diffusion.past_frames 'clean' -> 'noised'"):
-        train.main(args + ["--diffusion.past_frames", "noised", "--train.video_twin_clips", "false"])
+        helpers.train(args + ["--diffusion.past_frames", "noised", "--train.video_twin_clips", "false"])
     # a sampling setting: it may change after training (the rest comes from the run's config.json)
-    train.main(args + ["--diffusion.image_model_below", "0"])
+    helpers.train(args + ["--diffusion.image_model_below", "0"])
     assert load_run_config(run_dir).diffusion.image_model_below == 0
     # the train section may change: two more steps (the later option wins), frame 1 weighing 3
-    train.main(args + ["--train.video_steps", "4", "--train.video_frame1_weight", "3"])
+    helpers.train(args + ["--train.video_steps", "4", "--train.video_frame1_weight", "3"])
     assert checkpoint_step(run_dir / "unet.pt") == 4 and load_run_config(run_dir).train.video_frame1_weight == 3
     with pytest.raises(SystemExit, match="video_frame1_weight -1.0 must be positive"):
-        train.main(args + ["--train.video_frame1_weight", "-1"])
+        helpers.train(args + ["--train.video_frame1_weight", "-1"])
     with pytest.raises(SystemExit, match="video_frame1_weight 3.0 weighs the twin clips' frame 1; add "
                                          "--train.video_twin_clips true"):
-        train.main(args + ["--name", "plain", "--train.video_frame1_weight", "3"])
+        helpers.train(args + ["--name", "plain", "--train.video_frame1_weight", "3"])
     with pytest.raises(SystemExit, match="video_twin_clips trains on clean past frames, but diffusion.past_frames "
                                          "is 'noised'; add --diffusion.past_frames clean"):
-        train.main(args + ["--name", "noised", "--train.video_twin_clips", "true"])
+        helpers.train(args + ["--name", "noised", "--train.video_twin_clips", "true"])
     with pytest.raises(SystemExit, match="diffusion.past_frames clean samples each frame beside clean finished "
                                          "ones, which the video stage trains for with twin clips; add "
                                          "--train.video_twin_clips true"):
-        train.main(args + ["--name", "clean", "--diffusion.past_frames", "clean"])
+        helpers.train(args + ["--name", "clean", "--diffusion.past_frames", "clean"])
 
 
 def test_main_job_refuses_a_bad_data_config(tmp_path):
     with pytest.raises(SystemExit, match="too small for the shapes"):
-        train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--data.image_size", "8"])
+        helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--data.image_size", "8"])
 
 
 def test_unknown_stage_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "audio"])
+        helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--stage", "audio"])
     assert "invalid choice: 'audio'" in capsys.readouterr().err
 
 
@@ -128,9 +128,9 @@ def test_video_stage_all_trains_reused_weights_at_their_own_rate(tmp_path):
     stage left it, while the new layers train at video_learning_rate."""
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.video_steps", "3",
             "--unet.video_trainable", "all", "--train.video_reused_learning_rate", "0"]
-    run_dir = train.main(args + ["--stage", "vae"])
-    train.main(args + ["--stage", "image"])
-    train.main(args + ["--stage", "video"])
+    run_dir = helpers.train(args + ["--stage", "vae"])
+    helpers.train(args + ["--stage", "image"])
+    helpers.train(args + ["--stage", "video"])
     image = torch.load(run_dir / "unet_image.pt", weights_only=True)["ema"]
     video = torch.load(run_dir / "unet.pt", weights_only=True)["model"]
     assert all(torch.equal(video[name], weight) for name, weight in image.items()), "an image weight moved"
@@ -162,7 +162,7 @@ def assert_same_files(run_dir, reference_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return train.main(SHORT + ["--runs_dir", str(tmp_path_factory.mktemp("reference")), "--name", "run"])
+    return helpers.train(SHORT + ["--runs_dir", str(tmp_path_factory.mktemp("reference")), "--name", "run"])
 
 
 def kill_at(monkeypatch, file_name, when="before", count=1):
@@ -194,11 +194,11 @@ def kill_at(monkeypatch, file_name, when="before", count=1):
 def test_a_kill_at_any_file_then_a_plain_run_ends_bit_for_bit_like_an_uninterrupted_one(
         tmp_path, monkeypatch, uninterrupted, file_name, when, count):
     kill_at(monkeypatch, file_name, when, count)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(SHORT + ["--runs_dir", str(tmp_path), "--name", "run"])
+    with pytest.raises(SystemExit, match="interrupted; run the same command again to resume"):
+        helpers.train(SHORT + ["--runs_dir", str(tmp_path), "--name", "run"])
     monkeypatch.undo()
     assert not list(tmp_path.glob("run/*.tmp"))
-    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run"])  # no preset: the run's own settings
+    run_dir = helpers.train(["--runs_dir", str(tmp_path), "--name", "run"])  # no preset: the run's own settings
     assert_same_files(run_dir, uninterrupted)
 
 
@@ -206,9 +206,9 @@ def test_a_kill_at_any_file_then_a_plain_run_ends_bit_for_bit_like_an_uninterrup
 def test_stage_by_stage_with_a_kill_inside_a_stage_ends_bit_for_bit_like_one_run(tmp_path, monkeypatch,
                                                                                   uninterrupted):
     args = SHORT + ["--runs_dir", str(tmp_path), "--name", "run"]
-    train.main(args + ["--stage", "vae"])
-    train.main(args + ["--stage", "image"])
-    real_video_stage, losses = train.video_stage, []
+    helpers.train(args + ["--stage", "vae"])
+    helpers.train(args + ["--stage", "image"])
+    real_video_stage, losses = stages.STAGES["video"], []
 
     def video_stage_killed_at_step_5(*stage_args):
         stage = real_video_stage(*stage_args)
@@ -223,13 +223,13 @@ def test_stage_by_stage_with_a_kill_inside_a_stage_ends_bit_for_bit_like_one_run
         stage.loss = killed
         return stage
 
-    monkeypatch.setattr(train, "video_stage", video_stage_killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(args)
+    monkeypatch.setitem(stages.STAGES, "video", video_stage_killed_at_step_5)
+    with pytest.raises(SystemExit, match="interrupted; run the same command again to resume"):
+        helpers.train(args)
     monkeypatch.undo()
     assert checkpoint_step(tmp_path / "run" / "state_video.pt") == 3
-    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "videovae"])
-    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run"])
+    helpers.train(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "videovae"])
+    run_dir = helpers.train(["--runs_dir", str(tmp_path), "--name", "run"])
     assert_same_files(run_dir, uninterrupted)
 
 
@@ -246,34 +246,34 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run_and_takes_ove
                 break
             time.sleep(0.1)
         with pytest.raises(SystemExit, match=f"run .* is in use by process {first.pid} on "):
-            train.main(args + ["--train.vae_steps", "2"])
+            helpers.train(args + ["--train.vae_steps", "2"])
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert f"process {first.pid}" in lock.read_text()  # a kill releases nothing by itself
-    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    run_dir = helpers.train(args + ["--train.vae_steps", "2"])
     assert checkpoint_step(run_dir / "vae.pt") == 2 and lock.read_text() == ""
 
 
 def test_an_existing_run_takes_its_settings_from_its_config_json(tmp_path, capsys):
-    train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
+    helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "2",
                 "--stage", "vae"])
-    train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"])  # no preset, no steps
+    helpers.train(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"])  # no preset, no steps
     assert "stage vae: finished" in capsys.readouterr().out
     assert load_run_config(tmp_path / "run").preset == "smoke"
     with pytest.raises(SystemExit, match="made with preset 'smoke', not 'cpu': drop --preset"):
-        train.main(["--preset", "cpu", "--runs_dir", str(tmp_path), "--name", "run"])
+        helpers.train(["--preset", "cpu", "--runs_dir", str(tmp_path), "--name", "run"])
 
 
 def test_weights_without_config_json_and_an_empty_config_json_are_refused(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae"]
-    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    run_dir = helpers.train(args + ["--train.vae_steps", "2"])
     (run_dir / "config.json").unlink()
     with pytest.raises(SystemExit, match="holds vae.pt, state_vae.pt but no config.json"):
-        train.main(args)
+        helpers.train(args)
     (run_dir / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="config.json is not a valid run config .*lacks preset"):
-        train.main(args)
+        helpers.train(args)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -292,7 +292,7 @@ def test_weights_without_config_json_and_an_empty_config_json_are_refused(tmp_pa
 ])
 def test_bad_values_are_one_line_naming_the_value(tmp_path, options, message):
     with pytest.raises(SystemExit, match=message):
-        train.main(["--preset", "smoke", "--runs_dir", str(tmp_path), *options])
+        helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path), *options])
     assert not list(tmp_path.iterdir()), "a refused run wrote something"
 
 
@@ -310,10 +310,10 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
         pytest.skip("needs /proc to see which file is written")
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(SystemExit, match="error: .*no space left on the disk to write .*state_vae.pt"):
-        train.main(args)
+        helpers.train(args)
     assert not list((tmp_path / "run").glob("*.tmp")) and not (tmp_path / "run" / "state_vae.pt").exists()
     monkeypatch.undo()
-    assert checkpoint_step(train.main(args) / "vae.pt") == 4  # space again: the same command finishes
+    assert checkpoint_step(helpers.train(args) / "vae.pt") == 4  # space again: the same command finishes
 
 
 def test_a_divergence_keeps_only_sound_weights_and_a_lower_rate_on_resume_finishes(tmp_path, capsys):
@@ -322,12 +322,12 @@ def test_a_divergence_keeps_only_sound_weights_and_a_lower_rate_on_resume_finish
     with pytest.raises(SystemExit, match=r"stage image: the loss rose to .* at step 2, over 10 times the stage's "
                                          r"mean so far .*keeping no checkpoint.*Lower the learning rate and run "
                                          r"again, for example python train.py --runs_dir .* --name run "
-                                         r"--train.learning_rate 2.5"):
-        train.main(args + ["--train.learning_rate", "10"])
+                                         r"--train.learning_rate 0.0002") as error:  # the preset's, not 10 / 4
+        helpers.train(args + ["--train.learning_rate", "10"])
     # the loss went from about 1 to hundreds at step 2, so no checkpoint was ever shown sound
     assert not (tmp_path / "run" / "state_image.pt").exists()
-    run_dir = train.main(["--runs_dir", str(tmp_path), "--name", "run", "--stage", "image",
-                          "--train.learning_rate", "2e-4"])
+    suggested = str(error.value).split("for example python train.py ")[1].split()
+    run_dir = helpers.train(suggested + ["--stage", "image"])  # the command the error suggests, as it is
     assert checkpoint_step(run_dir / "unet_image.pt") == 12
     assert "train.learning_rate 10.0 -> 0.0002" in capsys.readouterr().out
 
@@ -337,47 +337,53 @@ def test_a_changed_learning_rate_or_step_count_applies_on_resume(tmp_path):
 
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae",
             "--train.checkpoint_every", "2"]
-    run_dir = train.main(args + ["--train.vae_steps", "4"])
-    train.main(args + ["--train.vae_steps", "8", "--train.vae_learning_rate", "3e-4"])
+    run_dir = helpers.train(args + ["--train.vae_steps", "4"])
+    helpers.train(args + ["--train.vae_steps", "8", "--train.vae_learning_rate", "3e-4"])
     state = load_checkpoint(run_dir / "state_vae.pt", ["optimizer", "step"])
     # the rate of the last step taken (0-based step 7), from the new peak and the new step count
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * learning_rate_factor(7, 5, 8))
     with pytest.raises(SystemExit, match="state_vae.pt is at step 8, past train.vae_steps 6; ask for 8 steps"):
         (run_dir / "vae.pt").unlink()
-        train.main(args + ["--train.vae_steps", "6"])
+        helpers.train(args + ["--train.vae_steps", "6"])
 
 
 def test_a_corrupt_checkpoint_is_one_line(tmp_path):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--stage", "vae",
             "--train.checkpoint_every", "2"]
-    run_dir = train.main(args + ["--train.vae_steps", "2"])
+    run_dir = helpers.train(args + ["--train.vae_steps", "2"])
     state = run_dir / "state_vae.pt"
     state.write_bytes(state.read_bytes()[:300])  # truncated, as by a failing disk
     with pytest.raises(SystemExit, match="state_vae.pt is not a readable checkpoint .*delete it and re-run"):
-        train.main(args + ["--train.vae_steps", "4"])
+        helpers.train(args + ["--train.vae_steps", "4"])
 
 
 def test_zero_steps_skips_a_stage_and_a_stage_without_its_inputs_is_refused(tmp_path, capsys):
     args = ["--preset", "smoke", "--runs_dir", str(tmp_path), "--name", "run", "--train.vae_steps", "0"]
-    with pytest.raises(SystemExit, match="stage image is built on the vae stage, which .* has not finished "
-                                         r"\(vae.pt\); run python train.py --runs_dir .* --name run"):
-        train.main(args)
+    with pytest.raises(SystemExit, match="stage image is built on the vae stage, which .* has not trained: its "
+                                         "config.json keeps train.vae_steps 0; train it with python train.py "
+                                         "--runs_dir .* --name run --train.vae_steps 20") as error:
+        helpers.train(args)
     assert "stage vae: skipped (train.vae_steps 0)" in capsys.readouterr().out
     assert not (tmp_path / "run" / "vae.pt").exists()
+    suggested = str(error.value).split(" with python train.py ")[1].split()
+    helpers.train(suggested + ["--stage", "vae"])  # the command the error suggests trains the VAE
+    assert checkpoint_step(tmp_path / "run" / "vae.pt") == 20
+    helpers.train(suggested + ["--stage", "image", "--train.image_steps", "2"])  # and the image stage then runs
+    assert checkpoint_step(tmp_path / "run" / "unet_image.pt") == 2
 
 
 @pytest.mark.slow
 def test_training_an_earlier_stage_on_refuses_the_later_ones_until_retrained(tmp_path, capsys):
     args = ["--runs_dir", str(tmp_path), "--name", "run"]
-    run_dir = train.main(SHORT + args + ["--train.videovae_steps", "0"])
-    train.main(args + ["--stage", "vae", "--train.vae_steps", "8"])  # the VAE trained on
+    run_dir = helpers.train(SHORT + args + ["--train.videovae_steps", "0"])
+    helpers.train(args + ["--stage", "vae", "--train.vae_steps", "8"])  # the VAE trained on
     assert "note: image, video, interp were built on weights that have changed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unet_image.pt was built on an earlier vae.pt") as error:
-        train.main(args)
+        helpers.train(args)
     with pytest.raises(SystemExit, match="built on an earlier vae.pt"):
-        sample.main(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif")])
+        helpers.sample(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif")])
     suggested = str(error.value).split(" with python train.py ")[1].split(", or start")[0].split()
-    train.main(suggested)  # the command the error suggests, as it is
+    helpers.train(suggested)  # the command the error suggests, as it is
     assert checkpoint_step(run_dir / "unet.pt") == 6
-    sample.main(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif"),
+    helpers.sample(["--run", str(run_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.gif"),
                  "--num_inference_steps", "2"])

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from tiny_magicvideo.config import get_preset
+from tiny_magicvideo import stages
+from tiny_magicvideo.presets import get_preset
 from tiny_magicvideo.runs import checkpoint_step, load_checkpoint, load_weights
 from tiny_magicvideo.training import TrainingDiverged, read_log, train_stage
 from tiny_magicvideo.vae import AutoencoderKL
@@ -27,7 +27,7 @@ def smoke_config(steps=20):
 def run_vae(config, run_dir, interrupt_at=None):
     """Train the smoke VAE stage; raise KeyboardInterrupt at step `interrupt_at` like a kill."""
     torch.manual_seed(0)  # the model's initial weights
-    stage = train.vae_stage(config, run_dir, torch.device("cpu"))
+    stage = stages.vae_stage(config, run_dir, torch.device("cpu"))
     if interrupt_at is not None:
         calls = {"count": 0}
         loss = stage.loss
@@ -76,7 +76,7 @@ def test_weights_file_round_trips_bit_identically(tmp_path):
 def vae_stage_whose_loss_changes_at(config, run_dir, step, change):
     """The smoke VAE stage, its loss at `step` replaced by change(loss)."""
     torch.manual_seed(0)
-    stage = train.vae_stage(config, run_dir, torch.device("cpu"))
+    stage = stages.vae_stage(config, run_dir, torch.device("cpu"))
     loss, calls = stage.loss, {"count": 0}
 
     def changed_loss(batch, generator):
@@ -162,3 +162,17 @@ def test_a_loss_ten_times_the_stages_mean_is_a_divergence(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"loss rose to .* at step 7, over 10 times the stage's mean so far"):
         train_stage(stage, config, tmp_path, torch.device("cpu"))
     assert checkpoint_step(tmp_path / "state_vae.pt") == 5
+
+
+def test_the_rate_suggested_after_a_divergence_is_a_quarter_and_at_most_the_presets():
+    from types import SimpleNamespace
+
+    from tiny_magicvideo.training import StageRun
+
+    def suggested(rate: float) -> float:
+        run = SimpleNamespace(stage=SimpleNamespace(learning_rates={"train.vae_learning_rate": rate}),
+                              preset_settings=get_preset("smoke"))
+        return StageRun.lower_rate(run, "train.vae_learning_rate")
+
+    assert suggested(1e6) == get_preset("smoke").train.vae_learning_rate  # not 250000, which diverges as well
+    assert suggested(1e-3) == pytest.approx(2.5e-4) and suggested(1e-4) == pytest.approx(2.5e-5)

@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
+from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention, both_ways
 from tiny_magicvideo.config import UNetConfig
 from tiny_magicvideo.diffusion import twin_clip_layout
-from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention, both_ways
 from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
 TINY = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)

@@ -12,6 +12,7 @@ from tiny_magicvideo import videos
 from tiny_magicvideo.config import DataConfig
 from tiny_magicvideo.data import ShapeObject, VideoDataset, render_clip
 from tiny_magicvideo.metrics import detect
+from helpers import load_video
 
 CLASSES = {"ApplyEyeMakeup": ("red", "circle", "left"), "YoYo": ("blue", "square", "down")}
 
@@ -98,7 +99,7 @@ def test_the_subset_layout_takes_its_own_train_and_test_folders(tmp_path):
 def test_decoding_crops_the_centre_square_and_keeps_the_frame_rate_and_the_content(tmp_path):
     path = tmp_path / "red.avi"
     write_video(path, shape_video("red", "circle", "left"), fps=25.0)
-    frames, fps = videos.decode_video(path, image_size=32)
+    frames, fps = videos.read_video_file(path, image_size=32)
     assert frames.shape == (20, 32, 32, 3) and frames.dtype == np.uint8 and fps == 25.0
     reading = detect(frames)  # the detector reads the shape back through the codec and the resize
     assert (reading.colour, reading.direction) == ("red", "left")
@@ -119,7 +120,7 @@ def test_the_cache_is_built_once_reused_and_rebuilt_when_a_setting_changes(tmp_p
 
     def no_decoding(*args):
         raise AssertionError("the cache should have been reused")
-    monkeypatch.setattr(videos, "decode_video", no_decoding)
+    monkeypatch.setattr(videos, "read_video_file", no_decoding)
     assert videos.build_cache(config) == directory
     with pytest.raises(AssertionError, match="reused"):  # another size is another cache
         videos.build_cache(dataclasses.replace(config, image_size=32))
@@ -173,9 +174,7 @@ def test_a_folder_takes_captions_from_csv_jsonl_or_a_txt_beside_the_video(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["ucf101", "folder"])
 def test_train_and_sample_end_to_end_on_video_files(tmp_path, source, capsys):
-    import sample
-    import train
-    from tiny_magicvideo.pipeline import load_video
+    import helpers
     from tiny_magicvideo.runs import load_run_config
 
     if source == "ucf101":
@@ -188,7 +187,7 @@ def test_train_and_sample_end_to_end_on_video_files(tmp_path, source, capsys):
                 write_video(root / f"{colour}{copy}.mp4", shape_video(colour, shape, direction))
                 rows.append(f"{colour}{copy}.mp4,a {colour} {shape} moving {direction}")
         (root / "captions.csv").write_text("\n".join(rows) + "\n")
-    run_dir = train.main(["--preset", "smoke", "--runs_dir", str(tmp_path / "runs"), "--name", source,
+    run_dir = helpers.train(["--preset", "smoke", "--runs_dir", str(tmp_path / "runs"), "--name", source,
                           "--data.source", source, "--data.root", str(root), "--data.cache_dir",
                           str(tmp_path / "cache"), "--data.fps", "25"])
     vocabulary = load_run_config(run_dir).text.vocabulary
@@ -197,5 +196,5 @@ def test_train_and_sample_end_to_end_on_video_files(tmp_path, source, capsys):
     assert "text.vocabulary:" in capsys.readouterr().out
     prompt = "apply eye makeup" if source == "ucf101" else "a red circle moving left"
     out = tmp_path / "clip.gif"
-    sample.main(["--run", str(run_dir), "--prompt", prompt, "--out", str(out)])
+    helpers.sample(["--run", str(run_dir), "--prompt", prompt, "--out", str(out)])
     assert load_video(out).shape == (4, 32, 32, 3)

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import group_norm
+
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
@@ -128,7 +130,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, num_heads: int, context_width: int):
         super().__init__()
-        self.norm = nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)
+        self.norm = group_norm(channels)
         self.proj_in = nn.Linear(channels, channels)
         self.block = TransformerBlock(channels, num_heads, context_width)
         self.proj_out = nn.Linear(channels, channels)
@@ -217,7 +219,7 @@ class TemporalAttention(nn.Module):
     def __init__(self, channels: int, num_heads: int, max_frames: int, context_width: int | None = None):
         super().__init__()
         self.max_frames = max_frames
-        self.norm = nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)
+        self.norm = group_norm(channels)
         self.proj_in = nn.Linear(channels, channels)
         self.frame_position = nn.Parameter(torch.randn(max_frames, channels) * 0.02)  # learned, (T_max, C)
         self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)

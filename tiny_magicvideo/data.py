@@ -12,9 +12,12 @@ clip(0.5 - sdf(p), 0, 1), which gives anti-aliased edges without supersampling.
 
 VideoDataset serves these clips, or real video (data.source ucf101 or folder: videos.py), alike.
 
-Conventions (DESIGN.md): frames on disk are uint8 (T, H, W, 3); tensors are float (C, T, H, W) in
-[-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between the two (video
-files are written and read by pipeline.py).
+What can be drawn and the words for it are shapes.py's tables; the config's checks
+(checks.check_data_config) make sure a DataConfig's clips fit their frames before any is drawn.
+
+Conventions (docs/architecture.md): frames on disk are uint8 (T, H, W, 3); tensors are float
+(C, T, H, W) in [-1, 1]. `frames_to_video` and `video_to_frames` are the only conversions between
+the two (media.py writes video files).
 """
 
 from __future__ import annotations
@@ -26,75 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checks import check_data_config
 from .config import DataConfig
-from .videos import VideoFiles
+from .shapes import (ARTICLES, BACKGROUND, COLOURS, DIRECTION_WORDS, MOTION_VERBS, MOTIONS, SHAPE_EXTENT, SHAPE_WORDS,
+                     SHAPES, SPEED_WORDS, STATIC_PHRASES, parse_combination)
+from .videos import CachedVideos
 
-# ---------------------------------------------------------------------------------------------
-# Vocabulary: what can be drawn, and the words the captions use for it.
-
-COLOURS = {  # name -> RGB, all fully saturated or white so the detector can tell them apart
-    "red": (230, 30, 30),
-    "orange": (245, 135, 20),
-    "yellow": (235, 225, 30),
-    "green": (30, 200, 40),
-    "cyan": (30, 215, 225),
-    "blue": (40, 70, 240),
-    "magenta": (225, 40, 220),
-    "white": (240, 240, 240),
-}
-BACKGROUND = (18, 18, 24)  # a plain, dark, slightly blue grey
-
-# Unit direction vectors in image coordinates: x grows to the right, y grows downwards.
-MOTIONS = {
-    "left": (-1.0, 0.0),
-    "right": (1.0, 0.0),
-    "up": (0.0, -1.0),
-    "down": (0.0, 1.0),
-    "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
-    "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
-    "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
-    "down-right": (math.sqrt(0.5), math.sqrt(0.5)),
-    "static": (0.0, 0.0),
-}
-
-# Each shape's farthest point from its centre, in units of the object's radius r: the margin
-# that keeps it whole inside the frame.
-SHAPE_EXTENT = {"circle": 1.0, "square": 1.1, "triangle": 1.2, "diamond": 1.2, "star": 1.3}
-SHAPES = tuple(SHAPE_EXTENT)
-
-SHAPE_WORDS = {
-    "circle": ("circle", "ball", "disc", "dot"),
-    "square": ("square", "box", "block"),
-    "triangle": ("triangle",),
-    "diamond": ("diamond", "rhombus"),
-    "star": ("star",),
-}
-MOTION_VERBS = ("moving", "sliding", "going", "drifting", "gliding", "travelling")
-DIRECTION_WORDS = {
-    "left": ("left", "to the left", "leftwards"),
-    "right": ("right", "to the right", "rightwards"),
-    "up": ("up", "upwards", "to the top"),
-    "down": ("down", "downwards", "to the bottom"),
-    "up-left": ("up and to the left", "to the top left"),
-    "up-right": ("up and to the right", "to the top right"),
-    "down-left": ("down and to the left", "to the bottom left"),
-    "down-right": ("down and to the right", "to the bottom right"),
-}
-STATIC_PHRASES = ("standing still", "staying in place", "resting")
-SPEED_WORDS = {"slow": ("slowly",), "fast": ("quickly", "fast")}
-ARTICLES = ("a", "one", "")
-
-MIN_RADIUS_PIXELS = 3.0  # smaller objects are a handful of pixels: no shape left to see
 SPLITS = {"train": 0, "val": 1, "heldout": 2}  # heldout: the held-out combinations only
-
-
-def caption_vocabulary() -> list[str]:
-    """Every word a caption can contain, sorted: the text encoder's vocabulary (text.py)."""
-    phrases = [*COLOURS, *ARTICLES, *MOTION_VERBS, *STATIC_PHRASES, "and"]
-    for table in (SHAPE_WORDS, DIRECTION_WORDS, SPEED_WORDS):
-        phrases += [phrase for options in table.values() for phrase in options]
-    return sorted({word for phrase in phrases for word in phrase.split()})
-
 
 # ---------------------------------------------------------------------------------------------
 # The one conversion between frames (uint8, channels last) and video tensors (float, [-1, 1]).
@@ -207,62 +148,6 @@ def render_clip(objects: list[ShapeObject], num_frames: int, image_size: int) ->
 # Sampling clips and captions.
 
 
-def check_data_config(config: DataConfig) -> None:
-    """Raise ValueError naming the bad value and the fix, before any clip is drawn."""
-    if config.num_frames < 1:
-        raise ValueError(f"data.num_frames must be at least 1, got {config.num_frames}")
-    if not config.frame_strides or min(config.frame_strides) < 1:
-        raise ValueError(f"data.frame_strides must be whole numbers >= 1, got {config.frame_strides}")
-    if not config.fps > 0:
-        raise ValueError(f"data.fps must be positive, got {config.fps}")
-    if config.source != "shapes":  # the rest is the moving shapes' own; videos.py checks data.root
-        return
-    for name, values, known in (("colours", config.colours, COLOURS), ("shapes", config.shapes, SHAPE_EXTENT),
-                                ("motions", config.motions, MOTIONS)):
-        if not values:
-            raise ValueError(f"data.{name} is empty; give at least one of {', '.join(known)}")
-        for value in values:
-            if value not in known:
-                raise ValueError(f"unknown {name[:-1]} {value!r} in data.{name}; "
-                                 f"known {name}: {', '.join(known)}")
-    low, high = config.size_range
-    if not 0 < low <= high:
-        raise ValueError(f"data.size_range must satisfy 0 < low <= high, got {config.size_range}")
-    if low * config.image_size < MIN_RADIUS_PIXELS:
-        need = math.ceil(MIN_RADIUS_PIXELS / low)
-        raise ValueError(
-            f"data.image_size {config.image_size} is too small for the shapes: the smallest object "
-            f"would have a radius of {low * config.image_size:.1f} px (at least {MIN_RADIUS_PIXELS:g} "
-            f"needed); use --data.image_size {need} or larger, or raise data.size_range")
-    slow, fast = config.speed_range
-    if not 0 <= slow <= fast:
-        raise ValueError(f"data.speed_range must satisfy 0 <= low <= high, got {config.speed_range}")
-    extent = max(SHAPE_EXTENT[s] for s in config.shapes) * high * config.image_size
-    fastest = fast * max(config.frame_strides)
-    travel = fastest * (config.num_frames - 1)
-    if 2 * extent + travel + 2 > config.image_size:
-        raise ValueError(
-            f"a clip does not fit: {config.num_frames} frames at {fastest} px/frame (speed {fast} x "
-            f"stride {max(config.frame_strides)}) travel {travel:.0f} px, plus an object "
-            f"{2 * extent:.0f} px wide, in a {config.image_size} px frame; lower data.speed_range, "
-            f"data.frame_strides or data.num_frames, or raise data.image_size")
-    if not 0 <= config.two_objects_prob <= 1 or not 0 <= config.speed_word_prob <= 1:
-        raise ValueError("data.two_objects_prob and data.speed_word_prob are probabilities in [0, 1]")
-    combos = set(all_combinations(config))
-    for combo in config.held_out:
-        if parse_combination(combo) not in combos:
-            raise ValueError(f"held-out combination {combo!r} is not 'colour shape motion' from "
-                             f"data.colours, data.shapes and data.motions; change data.held_out "
-                             f"(--data.held_out \"red square up,...\", or \"\" for none)")
-    if len(combos) == len(config.held_out):
-        raise ValueError("data.held_out holds every combination: nothing is left to train on")
-
-
-def parse_combination(text: str) -> tuple[str, str, str]:
-    words = text.split()
-    return (words[0], words[1], words[2]) if len(words) == 3 else ("", "", "")
-
-
 def all_combinations(config: DataConfig) -> list[tuple[str, str, str]]:
     return [(c, s, m) for c in config.colours for s in config.shapes for m in config.motions]
 
@@ -294,13 +179,6 @@ def caption_for(objects: list[ShapeObject], speed_class: list[str | None],
     return " and ".join(phrases)
 
 
-def plain_caption(colour: str, shape: str, motion: str) -> str:
-    """The grammar's first choice at every word, as benchmarks and samples ask:
-    ("red", "circle", "left") -> "a red circle moving left"; a static motion -> "... standing still"."""
-    action = STATIC_PHRASES[0] if motion == "static" else f"{MOTION_VERBS[0]} {DIRECTION_WORDS[motion][0]}"
-    return f"{ARTICLES[0]} {colour} {shape} {action}"
-
-
 def frame_rates(config: DataConfig) -> list[float]:
     """The frame rates clips are shown at, one per stride: data.fps / s."""
     return [config.fps / stride for stride in config.frame_strides]
@@ -314,8 +192,7 @@ def sample_clip(config: DataConfig, split: str, index: int) -> tuple[np.ndarray,
     """
     combos = split_combinations(config, split)
     rng = np.random.default_rng([config.seed, SPLITS[split], index])
-    # (drawn only when there is a choice, so that one stride keeps the clips of earlier versions)
-    strides = config.frame_strides
+    strides = config.frame_strides  # drawn only when there is a choice: one stride leaves the rng as it was
     stride = int(strides[rng.integers(len(strides))]) if len(strides) > 1 else strides[0]
     num_objects = 2 if rng.random() < config.two_objects_prob else 1
     for _ in range(100):  # redraw until two objects never overlap (one object: first try)
@@ -350,10 +227,10 @@ def _draw_object(config: DataConfig, colour: str, shape: str, motion: str, strid
     # the start range that keeps both ends of the path inside [margin, size - margin]
     low = margin - np.minimum(travel, 0)
     high = size - margin - np.maximum(travel, 0)
-    if (high < low).any():  # a config built by hand, not through check_data_config
+    if (high < low).any():  # a config built by hand, not through checks.check_data_config
         raise ValueError(f"a clip does not fit: a {shape} of radius {radius:.1f} px moving {motion} at {speed:.2f} "
                          f"px/frame for {config.num_frames} frames leaves a {size} px frame; lower "
-                         f"data.speed_range or data.num_frames, or raise data.image_size (check_data_config)")
+                         f"data.speed_range or data.num_frames, or raise data.image_size")
     start = tuple(float(v) for v in rng.uniform(low, high))
     return ShapeObject(colour, shape, motion, speed, radius, start)
 
@@ -381,7 +258,7 @@ class VideoDataset(Dataset):
             split_combinations(config, split)  # raises on an unknown split
             self.files = None
         else:
-            self.files = VideoFiles(config)  # decodes the videos into the cache the first time
+            self.files = CachedVideos(config)  # decodes the videos into the cache the first time
             self.files.videos_of(split)  # raises on an unknown split
         self.config, self.split = config, split
         default = config.num_train_clips if split == "train" else config.num_val_clips
@@ -391,7 +268,7 @@ class VideoDataset(Dataset):
         return self.num_clips
 
     def clip(self, index: int) -> tuple[np.ndarray, str, dict]:
-        """(frames uint8 (T, H, W, 3), caption, attributes): sample_clip, or VideoFiles.clip."""
+        """(frames uint8 (T, H, W, 3), caption, attributes): sample_clip, or CachedVideos.clip."""
         return sample_clip(self.config, self.split, index) if self.files is None else self.files.clip(self.split, index)
 
     def __getitem__(self, index: int) -> dict:

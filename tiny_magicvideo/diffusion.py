@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .attention import causal_mask
 from .config import DiffusionConfig
-from .layers import BatchShare, randint, randn
+from .distributed import BatchShare, randint, randn
 
 # model(x_t, t) -> prediction (eps or v, the same shape as x_t); t is a (B,) tensor of steps, or for
 # clips (B, C, T, H, W) a (B, T) tensor, a step per frame
@@ -118,10 +118,7 @@ class GaussianDiffusion:
 
     def draw_steps(self, shape: tuple[int, ...], t_min: int, generator: torch.Generator | BatchShare | None,
                    device: torch.device) -> torch.Tensor:
-        """Steps t of `shape`, each drawn from U{t_min..T-1}."""
-        if not 0 <= t_min < self.num_train_timesteps:
-            raise ValueError(f"t_min {t_min} is outside 0..{self.num_train_timesteps - 1}, the diffusion "
-                             f"steps; use a value in that range (0 trains on every step)")
+        """Steps t of `shape`, each drawn from U{t_min..T-1} (train.video_t_min, checked by check_config)."""
         return randint(t_min, self.num_train_timesteps, shape, generator, device=device)
 
     def twin_training_loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor,
@@ -143,10 +140,8 @@ class GaussianDiffusion:
 
         frame1_weight weighs frame 1's loss against the others' (1 each): the loss is the weighted mean
         of the frames' losses. Beside clean frames 0..k-1 that already move, frame k >= 2 can read the
-        direction off its past; frame 1, beside a still frame 0, only from the text (README).
+        direction off its past; frame 1, beside a still frame 0, only from the text.
         """
-        if frame1_weight <= 0:
-            raise ValueError(f"frame1_weight {frame1_weight} must be positive; 1 weighs every frame alike")
         x0 = x0.float()  # the schedule, the noise and the loss in float32 (as training_loss)
         batch, _, num_frames = x0.shape[:3]
         t = self.draw_steps((batch, num_frames), t_min, generator, x0.device)  # (B, T), a step per frame
@@ -378,7 +373,7 @@ def classifier_free_guidance(model: Callable[..., torch.Tensor], conditional: di
     Steps below `unguided_below` (the largest step in t decides) take the conditional prediction alone,
     at half the cost: guidance in a limited interval (Kynkaenniemi et al. 2024, arXiv 2404.07724).
     Late in sampling the noisy latent already shows what is drawn; guidance there only sharpens its
-    edges past the data's (here it pinched the sides of squares, README)."""
+    edges past the data's (docs/experiments.md)."""
     both = {key: torch.cat([unconditional[key], conditional[key]]) for key in conditional}
 
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import BACKGROUND, COLOURS, SHAPES, ShapeObject, render_clip
+from .data import ShapeObject, render_clip
+from .shapes import BACKGROUND, COLOURS, SHAPES
 
 UNKNOWN = "unknown"
 FOREGROUND_THRESHOLD = 40.0  # max channel difference from the background, 0..255

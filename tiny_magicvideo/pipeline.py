@@ -8,8 +8,7 @@ the image stage loads as a text-to-image model (num_frames = 1). With `interpola
 interp stage, the keyframes are made at 1/S of the frame rate and the interp model fills the S-1
 frames between each pair (`fill_between`, MagicVideo's frame interpolation).
 
-The file end: `save_video` writes GIF or MP4, chosen by the file's extension, and `save_strip` a
-PNG of the frames side by side; frames are uint8 (T, H, W, 3) as everywhere on disk.
+The frames are written to files by media.py.
 """
 
 from __future__ import annotations
@@ -24,12 +23,14 @@ import torch
 import torch.nn as nn
 
 from .attention import FrameCache, both_ways
-from .config import Config, check_step
+from .checks import check_step
+from .config import Config
 from .data import frame_rates, video_to_frames
 from .diffusion import Denoiser, GaussianDiffusion, classifier_free_guidance
-from .runs import (WEIGHTS_FILES, check_built_on, load_image_model, load_interp_model, load_run_config, load_vae,
-                   load_video_model, load_video_vae, resolve_device)
-from .text import TextEncoder
+from .distributed import resolve_device
+from .models import load_image_model, load_interp_model, load_vae, load_video_model, load_video_vae
+from .runs import WEIGHTS_FILES, check_built_on, load_run_config
+from .text import TextEncoder, prompt_words
 from .unet3d import UNet3D
 from .vae import AutoencoderKL
 
@@ -181,12 +182,13 @@ class TextToVideo:
         interpolate=S: num_frames keyframes at fps (default: default_fps / S), then S-1 frames filled
         between each pair by the interp model: (num_frames - 1) S + 1 frames at S fps."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        run = self.config.diffusion
-        steps = run.num_inference_steps if num_inference_steps is None else num_inference_steps
-        scale = run.guidance_scale if guidance_scale is None else guidance_scale
-        sampling = run.video_sampling if sampling is None else sampling
-        unguided = run.unguided_below if unguided_below is None else unguided_below
-        below = run.image_model_below if image_model_below is None else image_model_below
+        defaults = self.config.diffusion  # the run's
+        steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
+        scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        sampling = defaults.video_sampling if sampling is None else sampling
+        unguided = defaults.unguided_below if unguided_below is None else unguided_below
+        below = defaults.image_model_below if image_model_below is None else image_model_below
+        self._check_prompts(prompts)
         self._check_settings(scale, eta, sampling, unguided, below)
         if interpolate is not None:
             self._check_interpolation(interpolate)
@@ -194,7 +196,7 @@ class TextToVideo:
         num_frames, condition = self._frames_and_rate(len(prompts), num_frames, fps)
         if interpolate is not None and num_frames < 2:
             raise ValueError(f"interpolate={interpolate} fills frames between keyframes: ask for num_frames 2 or more")
-        cached = (frame_cache and sampling == "frame_by_frame" and run.past_frames == "clean" and self.unet.is_video)
+        cached = frame_cache and sampling == "frame_by_frame" and defaults.past_frames == "clean" and self.unet.is_video
         denoiser = self.denoiser(prompts, condition, scale, unguided, below if self.unet.is_video else 0,
                                  FrameCache() if cached else None)
 
@@ -204,7 +206,7 @@ class TextToVideo:
                                       latent_size), generator, self.device)
         if sampling == "frame_by_frame":  # one frame (an image): the two samplers are the same
             latents = self.diffusion.ddim_sample_frame_by_frame(denoiser, noise, steps, eta, generator, progress,
-                                                                clean_past=run.past_frames == "clean")
+                                                                clean_past=defaults.past_frames == "clean")
         else:
             latents = self.diffusion.ddim_sample(denoiser, noise, steps, eta, generator, progress)
         rate = float(condition["fps"][0]) if condition else self.default_fps
@@ -213,6 +215,16 @@ class TextToVideo:
             latents = fill_between(self.interp_model, self.diffusion, latents, prompts, interpolate, rate, scale, steps,
                                    generator)
         return VideoOutput(frames=self.decode(latents), latents=latents, fps=rate)
+
+    @staticmethod
+    def _check_prompts(prompts: list[str]) -> None:
+        """A prompt with text but no word the tokenizer reads (emoji, digits) would be sampled as the empty,
+        unconditional prompt: an error instead. The empty prompt "" itself asks for that, and is taken."""
+        for prompt in prompts:
+            if prompt.strip() and not prompt_words(prompt):
+                raise ValueError(f"prompt {prompt!r} has no words the text encoder reads (it reads runs of the "
+                                 f"letters a-z), so it would sample as the empty prompt; describe the clip in "
+                                 f"words, for example \"a red circle moving left\"")
 
     def _check_settings(self, scale: float, eta: float, sampling: str, unguided_below: int,
                         image_model_below: int) -> None:
@@ -286,62 +298,3 @@ class TextToVideo:
             raise ValueError("the sampled clip holds non-finite values (NaN or inf): the weights or the sampling "
                              "settings (guidance_scale, num_inference_steps) are broken; nothing was written")
         return video_to_frames(video.clamp(-1, 1))
-
-
-def tile_clips(clips: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
-    """uint8 (N, T, H, W, 3) -> one uint8 (T, rows*(H+gap)-gap, columns*(W+gap)-gap, 3) grid."""
-    count, num_frames, height, width, _ = clips.shape
-    rows = math.ceil(count / columns)
-    grid = np.zeros((num_frames, rows * (height + gap) - gap, columns * (width + gap) - gap, 3),
-                    dtype=np.uint8)
-    for i, clip in enumerate(clips):
-        top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
-        grid[:, top:top + height, left:left + width] = clip
-    return grid
-
-
-def save_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
-    """Write uint8 (T, H, W, 3) frames as a looping GIF or an MP4, chosen by the file extension."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    suffix = path.suffix.lower()
-    if suffix == ".gif":
-        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
-    elif suffix == ".mp4":
-        # H.264 wants sides divisible by 2; pad with black rather than rescale
-        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
-    else:
-        raise ValueError(f"cannot write {path.name!r}: use a .gif or .mp4 file name")
-    return path
-
-
-def save_strip(frames: np.ndarray, path: str | Path, gap: int = 2) -> Path:
-    """Write uint8 (T, H, W, 3) frames side by side as one PNG, left to right in time."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, tile_clips(frames[:, None], columns=len(frames), gap=gap)[0])
-    return path
-
-
-def load_video(path: str | Path) -> np.ndarray:
-    """Read a GIF or video file as uint8 (T, H, W, 3); a missing or unreadable file is a clear error."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no video file at {path}")
-    try:
-        frames = np.asarray(iio.imread(path, index=None))
-    except Exception as error:  # imageio raises many types for corrupt files
-        raise ValueError(f"cannot read {path} as a video ({error}); is the file complete?") from error
-    if frames.ndim == 3:  # a single image or greyscale frames
-        frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None].repeat(3, -1)
-    return np.ascontiguousarray(frames[..., :3])

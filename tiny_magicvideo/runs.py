@@ -1,15 +1,18 @@
 """A run directory, runs/<name>/: what it holds, and how it is read and written safely.
 
-    config.json         the run's identity: the resolved config (with the VAE's scaling factor).
-                        For an existing run, train.py takes its settings from here.
-    lock                the process id of the train.py that holds the run (empty when none does)
-    vae.pt, ...         a finished stage (WEIGHTS_FILES): model and EMA state dicts, the step, the
-                        EMA weights' fingerprint and the fingerprints of the stages it was built on
-    state_<stage>.pt    a stage's latest checkpoint: what an exact resume needs
-
-The models a run's stages train are built here too (text_to_image_model, text_to_video_model), and
-loaded from their weights files (load_vae, load_video_vae, load_image_model, load_video_model), so
-that train.py, the pipeline and the benchmarks read a run one way.
+    config.json             the run's identity: the resolved config (with the VAE's scaling factor,
+                            and for real video the captions' words). train.py continues a run from it.
+    lock                    names the train.py that holds the run (empty when none does)
+    vae.pt                  a finished stage's weights (WEIGHTS_FILES): the model and EMA state dicts,
+    unet_image.pt           the step, the EMA weights' fingerprint and the fingerprints of the stages
+    unet.pt                 it was built on. models.py builds each stage's model and loads these.
+    videovae.pt
+    unet_interp.pt
+    state_<stage>.pt        a stage's latest checkpoint: what an exact resume needs (training.py)
+    log.csv, loss.png       every logged value, and its plot
+    samples/                data.gif, and each stage's samples every train.sample_every steps
+    vae_reconstructions.png the VAE stage's originals, reconstructions and differences
+    classifier.pt           the evaluation classifier of benchmarks/video_classifier.py, where trained
 
 Every file is written to `<name>.tmp`, flushed to the disk and renamed over the old one, so a killed
 process leaves either the old file or the new one, never half of one; a stage's weights file is the
@@ -19,24 +22,22 @@ is read with torch.load(weights_only=True): tensors, numbers and strings only, n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
 import shutil
-import socket
-import time
+import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 
-from .config import SECTIONS, Config, check_config
-from .text import TextEncoder
-from .unet3d import UNet3D
-from .vae import AutoencoderKL, VideoVAE
+from .checks import check_config
+from .config import SECTIONS, Config
 
 STAGE_ORDER = ("vae", "image", "video", "videovae", "interp")
 WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", "videovae": "videovae.pt",
@@ -44,8 +45,6 @@ WEIGHTS_FILES = {"vae": "vae.pt", "image": "unet_image.pt", "video": "unet.pt", 
 # the finished stages whose weights each stage starts from or trains against
 STAGE_INPUTS = {"vae": (), "image": ("vae",), "video": ("vae", "image"), "videovae": ("vae",),
                 "interp": ("vae", "image")}
-STAGE_MODELS = {"vae": "VAE", "image": "image model", "video": "video model", "videovae": "VideoVAE",
-                "interp": "frame interpolation model"}
 
 
 def state_file(run_dir: Path, stage: str) -> Path:
@@ -64,24 +63,40 @@ def train_command(run_dir: str | Path, *options: str) -> str:
 # Writing: a temporary file, flushed, then renamed.
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `<path>.tmp`, fsync it, rename it over `path`. On any failure (a full disk,
-    an interrupt) the temporary file is removed and the old `path` is left as it was."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """`with atomic_file(path) as file:` writes to `<path>.tmp`, then fsyncs it and renames it over
+    `path` when the block ends. On any failure (a full disk, an interrupt) the temporary file is
+    removed and the old `path` is left as it was."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     try:
         with open(temporary, "wb") as file:
-            file.write(data)
+            yield file
             file.flush()
             os.fsync(file.fileno())  # on the disk before the rename makes it the real file
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(path.parent).free / 2 ** 20
-            raise OSError(error.errno, f"no space left on the disk to write {path} ({free:.0f} MB free "
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(error.errno, f"no space left on the disk to write {path} ({readable_size(free)} free "
                                        f"there); free some space and run the same command again") from error
         raise
+
+
+def readable_size(num_bytes: float) -> str:
+    """532_000 -> "520 KB", 3.5 * 2**30 -> "3.5 GB": the largest unit that leaves 1 or more."""
+    units, power = ("bytes", "KB", "MB", "GB"), 0
+    while num_bytes >= 1024 and power < len(units) - 1:
+        num_bytes, power = num_bytes / 1024, power + 1
+    return f"{num_bytes:.0f} {units[power]}" if power < 2 else f"{num_bytes:.1f} {units[power]}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through atomic_file: the old file or the new one, never half of one."""
+    with atomic_file(path) as file:
+        file.write(data)
 
 
 def save_atomically(payload: dict, path: Path) -> None:
@@ -107,19 +122,22 @@ def load_checkpoint(path: Path, keys: Iterable[str], mmap: bool = False) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train that stage first "
                                 f"({train_command(path.parent, '--stage', '...')})")
+    fix = "delete it and re-run the stage that writes it"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; random bytes, a raw pickle, a cut file are not
+        raise ValueError(f"{path} is not a readable checkpoint of this project (not the zip archive torch.save "
+                         f"writes: it may be truncated, or from another program); {fix}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as error:  # truncated zip, wrong format, pickled code: all unreadable here
+    except Exception as error:  # a damaged archive, pickled code: all unreadable here
         if "Weights only load failed" in str(error):  # PyTorch's message advises weights_only=False: not here
             reason = "it holds Python objects, not only tensors, and this project never runs code from a file"
         else:
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}); it may be truncated or from "
-                         f"another program: delete it and re-run the stage") from error
+        raise ValueError(f"{path} is not a readable checkpoint of this project ({reason}); {fix}") from error
     missing = [key for key in keys if not isinstance(payload, dict) or key not in payload]
     if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by this project's "
-                         f"training loop; delete it and re-run the stage")
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is not a checkpoint of this project's "
+                         f"training loop; {fix}")
     return payload
 
 
@@ -168,85 +186,6 @@ def read_record(path: Path) -> dict:
 def checkpoint_step(path: Path) -> int:
     """The step a weights or state file was written at; 0 if there is no file."""
     return read_record(path)["step"] if Path(path).is_file() else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# The models of a run, built from its config and loaded from its weights files.
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    available = {"cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-                 "cpu": True}
-    if name == "auto":
-        return torch.device(next(kind for kind, present in available.items() if present))
-    if not available.get(name, False):
-        raise ValueError(f"device {name!r} is not available on this machine; use --device auto or cpu")
-    return torch.device(name)
-
-
-def text_to_image_model(config: Config) -> nn.ModuleDict:
-    """The image stage's trainable pair, saved together in unet_image.pt."""
-    return nn.ModuleDict({"text_encoder": TextEncoder(config.text),
-                          "unet": UNet3D(config.unet, config.vae.latent_channels, config.text.width)})
-
-
-def text_to_video_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
-    """The video stage's pair, saved together in unet.pt: the same text encoder and the image U-Net
-    inflated to clips of up to data.num_frames frames."""
-    return nn.ModuleDict({"text_encoder": image_model["text_encoder"],
-                          "unet": UNet3D.from_image(image_model["unet"], config.data.num_frames)})
-
-
-def text_to_interp_model(image_model: nn.ModuleDict, config: Config) -> nn.ModuleDict:
-    """The interp stage's pair, saved together in unet_interp.pt: the same text encoder and the image
-    U-Net inflated with diffusion.keyframe_condition's latent_channels + 1 input channels beside the
-    latents, for windows of up to data.num_frames frames."""
-    unet = UNet3D.from_image(image_model["unet"], config.data.num_frames, config.vae.latent_channels + 1)
-    return nn.ModuleDict({"text_encoder": image_model["text_encoder"], "unet": unet})
-
-
-def _finished(run_dir: Path, stage: str) -> Path:
-    """The weights file of a finished stage; a missing one is an error that says how to train it."""
-    path = Path(run_dir) / WEIGHTS_FILES[stage]
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {STAGE_MODELS[stage]} ({path.name}): train it with "
-                                f"{train_command(run_dir, '--stage', stage)}")
-    return path
-
-
-def _loaded(model: nn.Module, run_dir: Path, stage: str, device: torch.device | str) -> nn.Module:
-    """`model` with the EMA weights of the run's finished `stage`, on `device`, in eval mode."""
-    load_weights(model, _finished(run_dir, stage))
-    return model.to(device).eval()
-
-
-def load_vae(run_dir, device: torch.device | str = "cpu") -> AutoencoderKL:
-    """The trained VAE (EMA weights) of a run directory, with the run's scaling factor."""
-    return _loaded(AutoencoderKL(load_run_config(run_dir).vae), run_dir, "vae", device)
-
-
-def load_video_vae(run_dir, device: torch.device | str = "cpu") -> VideoVAE:
-    """The trained VideoVAE (EMA weights) of a run directory (python train.py --stage videovae)."""
-    return _loaded(VideoVAE(load_run_config(run_dir).vae), run_dir, "videovae", device)
-
-
-def load_image_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
-    """The image stage's text encoder and U-Net (EMA weights, unet_image.pt)."""
-    return _loaded(text_to_image_model(load_run_config(run_dir)), run_dir, "image", device)
-
-
-def load_interp_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
-    """The interp stage's text encoder and frame interpolation U-Net (EMA weights, unet_interp.pt)."""
-    config = load_run_config(run_dir)
-    return _loaded(text_to_interp_model(text_to_image_model(config), config), run_dir, "interp", device)
-
-
-def load_video_model(run_dir, device: torch.device | str = "cpu") -> nn.ModuleDict:
-    """The video stage's text encoder and inflated U-Net (EMA weights, unet.pt)."""
-    config = load_run_config(run_dir)
-    return _loaded(text_to_video_model(text_to_image_model(config), config), run_dir, "video", device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,70 +359,3 @@ def _flat(values: dict, prefix: str = "") -> dict:
         else:
             flat[prefix + key] = value
     return flat
-
-
-# ---------------------------------------------------------------------------------------------
-# The lock: one train.py per run.
-
-
-class RunInUse(RuntimeError):
-    """Another process holds the run's lock."""
-
-
-class RunLock:
-    """`with RunLock(run_dir):` holds runs/<name>/lock for the block, or raises RunInUse.
-
-    The lock is the operating system's (flock on Linux and macOS, msvcrt on Windows), which it
-    releases when the holder dies, however it dies; the file's text names the holder, so a refusal
-    can say who it is, and a lock left by a killed process is seen as free and taken over.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "lock"
-
-    def __enter__(self) -> "RunLock":
-        self.file = open(self.path, "a+")
-        try:
-            _lock_file(self.file)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise RunInUse(f"run {self.path.parent} is in use by {holder} (its lock file {self.path}); "
-                           f"wait for it to finish or stop it, or train another run with --name NEW") from None
-        self.file.seek(0)
-        previous = self.file.read().strip()
-        if previous:
-            print(f"taking over {self.path}: {previous} ended without releasing it")
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M')}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exception) -> None:
-        self.file.seek(0)
-        self.file.truncate()  # empty: no holder
-        self.file.flush()
-        _unlock_file(self.file)
-        self.file.close()
-
-
-if os.name == "nt":
-    import msvcrt
-
-    def _lock_file(file) -> None:
-        file.seek(0)
-        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
-
-    def _unlock_file(file) -> None:
-        file.seek(0)
-        msvcrt.locking(file.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock_file(file) -> None:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock_file(file) -> None:
-        fcntl.flock(file.fileno(), fcntl.LOCK_UN)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from .attention import FeedForward, MultiHeadAttention
 from .config import TextConfig
-from .data import caption_vocabulary
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<unknown>")
 PAD, START, UNKNOWN = range(len(SPECIAL_TOKENS))
@@ -32,16 +32,16 @@ def prompt_words(prompt: str) -> list[str]:
 
 
 class Tokenizer:
-    """Lower-cased words -> ids. The vocabulary: the moving shapes' caption grammar, or the words given
-    (text.vocabulary: the training captions' words, for real video)."""
+    """Lower-cased words -> ids, for the words of `vocabulary` (models.text_vocabulary: the moving
+    shapes' caption grammar, or the training captions' words for real video)."""
 
-    def __init__(self, max_length: int, vocabulary: tuple[str, ...] = ()):
+    def __init__(self, max_length: int, vocabulary: Sequence[str], described: str | None = None):
+        if not vocabulary:
+            raise ValueError("a tokenizer needs the words it knows: pass a vocabulary, such as "
+                             "tiny_magicvideo.shapes.caption_vocabulary()")
         self.max_length = max_length
-        self.vocabulary = list(SPECIAL_TOKENS) + (list(vocabulary) or caption_vocabulary())
-        count = len(self.vocabulary) - len(SPECIAL_TOKENS)
-        self.described = (f"the training captions' {count} words (text.vocabulary in the run's config.json)"
-                          if vocabulary else f"the caption grammar's {count} words "
-                                             f"(tiny_magicvideo.data.caption_vocabulary())")
+        self.vocabulary = list(SPECIAL_TOKENS) + list(vocabulary)
+        self.described = described or f"the {len(vocabulary)} words given"  # what an unknown-word warning names
         self.ids = {word: index for index, word in enumerate(self.vocabulary)}
         self._warned: set[str] = set()
 
@@ -86,12 +86,13 @@ class TextEncoderLayer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Token and position embeddings, `num_layers` transformer layers, a final LayerNorm."""
+    """Token and position embeddings, `num_layers` transformer layers, a final LayerNorm, for the
+    words of `vocabulary` (described: where they come from, for the unknown-word warning)."""
 
-    def __init__(self, config: TextConfig):
+    def __init__(self, config: TextConfig, vocabulary: Sequence[str], described: str | None = None):
         super().__init__()
         self.config = config
-        self.tokenizer = Tokenizer(config.max_length, config.vocabulary)
+        self.tokenizer = Tokenizer(config.max_length, vocabulary, described)
         self.token_embedding = nn.Embedding(len(self.tokenizer), config.width)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.02)
         self.layers = nn.ModuleList(TextEncoderLayer(config.width, config.num_heads)

@@ -1,4 +1,4 @@
-"""The one training loop every stage uses (vae, image, video, videovae).
+"""The one training loop every stage uses (vae, image, video, videovae, interp; stages.py).
 
 A stage hands the loop a model, a loss and a source of batches; the loop does the rest, the same way
 for all of them:
@@ -26,7 +26,7 @@ and the fingerprints of the stages it was built on.
 
 Under torchrun (N processes, `this_process()`), the same loop is data-parallel: each process takes
 its share of every step's global batch (data.StepBatchSampler) and draws its share of the global
-batch's noise (layers.BatchShare), and DistributedDataParallel averages the gradients, so every
+batch's noise (distributed.BatchShare), and DistributedDataParallel averages the gradients, so every
 process holds the weights one process would hold with the whole batch. Process 0 alone keeps the EMA
 and writes the log, samples, checkpoints and weights file; a checkpoint is the same for any N.
 """
@@ -51,7 +51,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .config import Config
-from .layers import BatchShare
+from .distributed import BatchShare, this_process, wait_for_every_process
+from .presets import PRESETS, get_preset
 from .runs import (WEIGHTS_FILES, check_built_on, check_finite, checkpoint_step, fingerprint, inputs_of,
                    load_checkpoint, load_state_dict, save_atomically, state_file, train_command, write_text_atomically)
 
@@ -68,11 +69,11 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights blew up."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Stage:
-    """What one stage gives the loop."""
+    """What one stage gives the loop (stages.py makes one for each), every field by keyword."""
 
-    name: str  # "vae", "image", "video", "videovae"
+    name: str  # "vae", "image", "video", "videovae", "interp"
     model: nn.Module  # everything the weights file saves; only parameters with requires_grad train
     # loss(batch, generator) -> (loss, {name: float}) for logging; draw all noise from `generator`
     loss: Callable[[dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
@@ -87,32 +88,6 @@ class Stage:
     write_samples: Callable[[nn.Module, int], None] | None = None
     # finish(ema_model) runs once training ends, before the weights file is written; None for nothing
     finish: Callable[[nn.Module], None] | None = None
-
-
-@dataclass(frozen=True)
-class Process:
-    """This process among those torchrun started (torch.distributed's process group)."""
-
-    rank: int  # 0 .. world_size - 1
-    world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        """Process 0, the one that writes files and prints."""
-        return self.rank == 0
-
-
-def this_process() -> Process:
-    """Process(rank, world_size) of the process group; Process(0, 1) without torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return Process(dist.get_rank(), dist.get_world_size())
-    return Process(0, 1)
-
-
-def wait_for_every_process() -> None:
-    """A barrier: returns once every process has reached it (nothing to wait for without torchrun)."""
-    if this_process().world_size > 1:
-        dist.barrier()
 
 
 class StageLoss(nn.Module):
@@ -213,6 +188,7 @@ class StageRun:
 
     def __init__(self, stage: Stage, config: Config, run_dir: Path, device: torch.device):
         self.stage, self.settings, self.run_dir, self.device = stage, config.train, run_dir, device
+        self.preset_settings = get_preset(config.preset) if config.preset in PRESETS else None  # for lower_rate
         self.process = this_process()
         self.model = stage.model.to(device)
         self.optimizer, self.group_options = make_optimizer(stage, self.model, self.settings.weight_decay)
@@ -310,9 +286,16 @@ class StageRun:
         path = self.state_path
         kept = (f"{path.name} (step {checkpoint_step(path)}), the last checkpoint whose weights gave a sound "
                 f"loss" if path.is_file() else "no checkpoint (none was written yet)")
-        lower = [f"--{option} {self.stage.learning_rates[option] / 4:g}" for option in self.group_options]
+        lower = [f"--{option} {self.lower_rate(option):g}" for option in self.group_options]
         return TrainingDiverged(f"stage {self.stage.name}: {why}; stopping and keeping {kept}. Lower the learning "
                                 f"rate and run again, for example {train_command(self.run_dir, *lower)}")
+
+    def lower_rate(self, option: str) -> float:
+        """A rate to try after a divergence: a quarter of this one, and at most the preset's own (which trains)."""
+        rate = self.stage.learning_rates[option] / 4
+        if self.preset_settings is None:
+            return rate
+        return min(rate, getattr(self.preset_settings.train, option.split(".")[1]))
 
     def save_state(self, generator_state: torch.Tensor) -> None:
         """state_<stage>.pt at this step (generator_state: the generator before this step's draws)."""

@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VAEConfig
-from .layers import BatchShare, ResBlock2d, group_norm, randn
+from .distributed import BatchShare, randn
+from .layers import ResBlock2d, group_norm
 
 
 def level_channels(config: VAEConfig) -> list[int]:

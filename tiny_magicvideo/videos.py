@@ -16,7 +16,7 @@ Where the videos and their captions come from (find_videos):
   beside it with the same stem. One video in 20 (at least one) is kept for validation, chosen by a
   hash of its path, so that adding videos does not move the others between splits.
 
-Decoding (decode_video): imageio-ffmpeg, already a dependency (it writes the MP4s), runs its bundled
+Decoding (read_video_file): imageio-ffmpeg, already a dependency (it writes the MP4s), runs its bundled
 ffmpeg binary, which reads every container and codec ffmpeg knows (mp4, avi, webm, mov, gif, ...).
 ffmpeg itself scales the shorter side to data.image_size with its area filter (an antialiased
 average, as a downscale needs) and crops the centre square, so Python only sees the small frames.
@@ -30,7 +30,7 @@ source, the root, image_size, the classes and each file's path, size and modific
 run reuses the cache, a changed setting builds another. Both files are written under temporary names
 and renamed, the index last: a build that was interrupted is redone, never half read.
 
-Clips (VideoFiles.clip): clip i of a split is data.num_frames frames, every s-th for a stride s of
+Clips (CachedVideos.clip): clip i of a split is data.num_frames frames, every s-th for a stride s of
 data.frame_strides, from a video and a start drawn from (seed, split, i): like the moving shapes, a
 pure function of the index. Its frame rate, passed on to the frame-rate conditioning, is the video's
 own divided by s. A video shorter than a clip at the largest stride is skipped and counted.
@@ -42,7 +42,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 import zlib
@@ -54,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import DataConfig
+from .runs import atomic_file, write_text_atomically
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".gif")
 VIDEO_SPLITS = {"train": 0, "val": 1}  # real video has no held-out combinations
@@ -71,7 +71,7 @@ LAYOUTS = {
 
 
 @dataclass
-class VideoFile:
+class SourceVideo:
     """One source video: its path relative to the root, what it shows, which split it is in."""
 
     file: str  # relative to data.root, with forward slashes
@@ -102,12 +102,12 @@ def _no_videos(config: DataConfig, why: str) -> ValueError:
                       f"{LAYOUTS[config.source]}")
 
 
-def find_videos(config: DataConfig) -> list[VideoFile]:
+def find_videos(config: DataConfig) -> list[SourceVideo]:
     """Every video of data.root that data.source and data.classes select, with caption and split."""
     root = Path(config.root).expanduser()
     if not config.root or not root.is_dir():
         raise _no_videos(config, "is not a directory" if config.root else "is not set (--data.root PATH)")
-    videos = _ucf101_videos(config, root) if config.source == "ucf101" else _folder_videos(config, root)
+    videos = _ucf101_videos(config, root) if config.source == "ucf101" else _folder_videos(root)
     if not videos:
         raise _no_videos(config, "holds no videos")
     for split in VIDEO_SPLITS:
@@ -116,7 +116,7 @@ def find_videos(config: DataConfig) -> list[VideoFile]:
     return videos
 
 
-def _ucf101_videos(config: DataConfig, root: Path) -> list[VideoFile]:
+def _ucf101_videos(config: DataConfig, root: Path) -> list[SourceVideo]:
     subset = [name for name in ("train", "val", "test") if (root / name).is_dir()]
     if "train" in subset:  # <root>/{train,val,test}/<ClassName>/<video>
         held = "val" if "val" in subset else "test" if "test" in subset else None
@@ -142,7 +142,7 @@ def _ucf101_videos(config: DataConfig, root: Path) -> list[VideoFile]:
             else:
                 group = UCF_GROUP.search(path.stem)
                 split = "val" if group and int(group.group(1)) in UCF_TEST_GROUPS else "train"
-        videos.append(VideoFile(_relative(path, root), label, class_words(label), split))
+        videos.append(SourceVideo(_relative(path, root), label, class_words(label), split))
     return videos
 
 
@@ -156,7 +156,7 @@ def _official_test_files(root: Path) -> set[str] | None:
     return {Path(line.split()[0]).name for line in lines if line.strip()}
 
 
-def _folder_videos(config: DataConfig, root: Path) -> list[VideoFile]:
+def _folder_videos(root: Path) -> list[SourceVideo]:
     captions = _caption_table(root)
     videos, uncaptioned = [], []
     for path in _videos_under(root):
@@ -167,7 +167,7 @@ def _folder_videos(config: DataConfig, root: Path) -> list[VideoFile]:
         if not caption:
             uncaptioned.append(file)
             continue
-        videos.append(VideoFile(file, caption, caption, "train"))
+        videos.append(SourceVideo(file, caption, caption, "train"))
     if uncaptioned:
         warnings.warn(f"{len(uncaptioned)} videos under {root} have no caption and are skipped, e.g. "
                       f"{uncaptioned[0]}; give each a row in captions.csv or captions.jsonl, or a .txt beside it")
@@ -202,7 +202,7 @@ def _caption_table(root: Path) -> dict[str, str]:
 # Decoding and the cache.
 
 
-def decode_video(path: Path, image_size: int) -> tuple[np.ndarray, float]:
+def read_video_file(path: Path, image_size: int) -> tuple[np.ndarray, float]:
     """(frames uint8 (T, S, S, 3), frames per second) with S = image_size: the shorter side scaled to S
     by ffmpeg's area filter, the centre square cropped. Raises RuntimeError for an unreadable file."""
     size = image_size
@@ -223,7 +223,7 @@ def decode_video(path: Path, image_size: int) -> tuple[np.ndarray, float]:
     return np.stack(frames).reshape(len(frames), size, size, 3), float(meta.get("fps") or 0.0)
 
 
-def cache_key(config: DataConfig, videos: list[VideoFile]) -> str:
+def cache_key(config: DataConfig, videos: list[SourceVideo]) -> str:
     """A hash of everything that changes the cached arrays and index."""
     root = Path(config.root).expanduser().resolve()
     files = [(video.file, (root / video.file).stat().st_size, (root / video.file).stat().st_mtime_ns)
@@ -243,11 +243,10 @@ def build_cache(config: DataConfig) -> Path:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     root, entries, skipped, first = Path(config.root).expanduser(), [], [], 0
-    frames_tmp = directory / "frames.u8.tmp"
-    with frames_tmp.open("wb") as out:
+    with atomic_file(directory / "frames.u8") as out:
         for video in tqdm(videos, desc=f"decoding {len(videos)} videos into {directory}", dynamic_ncols=True):
             try:
-                frames, fps = decode_video(root / video.file, config.image_size)
+                frames, fps = read_video_file(root / video.file, config.image_size)
             except RuntimeError as error:
                 warnings.warn(f"skipping an unreadable video: {error}")
                 skipped.append(video.file)
@@ -258,13 +257,10 @@ def build_cache(config: DataConfig) -> Path:
             out.write(frames.tobytes())
             entries.append({**asdict(video), "first": first, "num_frames": len(frames), "fps": fps})
             first += len(frames)
-    if not entries:
-        frames_tmp.unlink()
-        raise _no_videos(config, f"none of its {len(videos)} videos could be read")
-    os.replace(frames_tmp, directory / "frames.u8")
+        if not entries:  # raised inside the block: no frames.u8 is left behind
+            raise _no_videos(config, f"none of its {len(videos)} videos could be read")
     index = {"image_size": config.image_size, "num_frames": first, "videos": entries, "unreadable": skipped}
-    (directory / "index.json.tmp").write_text(json.dumps(index, indent=1))
-    os.replace(directory / "index.json.tmp", directory / "index.json")  # last: the cache is complete
+    write_text_atomically(directory / "index.json", json.dumps(index, indent=1))  # last: the cache is complete
     if skipped:
         warnings.warn(f"{len(skipped)} of {len(videos)} videos could not be read and were skipped")
     return directory
@@ -274,7 +270,7 @@ def build_cache(config: DataConfig) -> Path:
 # Clips.
 
 
-class VideoFiles:
+class CachedVideos:
     """The cached videos of data.root, cut into clips: clip(split, index) is what
     data.sample_clip is for the moving shapes."""
 
