@@ -354,7 +354,7 @@ def train_stage(stage: Stage, config: Config, run_dir: Path, device: torch.devic
         run.update(loss, loss_value)
         step, last = run.step, run.step == stage.num_steps
         if writes and (step % settings.log_every == 0 or last):
-            log_rows += [{"stage": stage.name, "step": step, "seconds": f"{run.elapsed():.1f}", "name": name,
+            log_rows += [{"stage": stage.name, "step": step, "seconds": f"{run.elapsed():.3f}", "name": name,
                           "value": f"{value:.6g}"} for name, value in {"loss": loss_value, **values}.items()]
             write_log(run_dir, log_rows)
         if writes and stage.write_samples is not None and (step % settings.sample_every == 0 or last):
