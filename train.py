@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 
 from tiny_magicvideo.cli import parse_config
-from tiny_magicvideo.distributed import join_processes, leave_processes, resolve_device, this_process, \
-    wait_for_every_process
+from tiny_magicvideo.distributed import (join_processes, leave_processes, resolve_device, this_process,
+                                         wait_for_every_process)
 from tiny_magicvideo.lock import RunInUse, RunLock
 from tiny_magicvideo.runs import STAGE_ORDER, existing_run_config, load_run_config, stale_stages, train_command
 from tiny_magicvideo.stages import start_run, train_unfinished

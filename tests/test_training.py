@@ -171,7 +171,7 @@ def test_the_rate_suggested_after_a_divergence_is_a_quarter_and_at_most_the_pres
 
     def suggested(rate: float) -> float:
         run = SimpleNamespace(stage=SimpleNamespace(learning_rates={"train.vae_learning_rate": rate}),
-                              preset_settings=get_preset("smoke"))
+                              preset="smoke")
         return StageRun.lower_rate(run, "train.vae_learning_rate")
 
     assert suggested(1e6) == get_preset("smoke").train.vae_learning_rate  # not 250000, which diverges as well

@@ -15,8 +15,6 @@ from .config import Config, DataConfig, DiffusionConfig, fields_of
 from .shapes import COLOURS, MIN_RADIUS_PIXELS, MOTIONS, SHAPE_EXTENT, parse_combination
 
 
-
-
 def check_config(config: Config) -> None:
     """Raise ValueError naming the first value the data, the models or the training loop cannot take."""
     for name, _, value in fields_of(config):

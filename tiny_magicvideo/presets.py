@@ -127,3 +127,10 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def preset_default(name: str, option: str):
+    """The value of `option` ("train.vae_steps") in preset `name`, a known-good value for a hint; auto's
+    where `name` is no preset of this version (an older run's config.json)."""
+    section, key = option.split(".")
+    return getattr(getattr(get_preset(name if name in PRESETS else "auto"), section), key)

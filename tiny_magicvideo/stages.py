@@ -34,7 +34,7 @@ from .media import draw_image_grid, draw_reconstructions, save_video, tile_clips
 from .metrics import flicker, psnr
 from .models import load_image_model, load_vae, text_to_image_model, text_to_interp_model, text_to_video_model
 from .pipeline import TextToVideo, fill_between
-from .presets import PRESETS, get_preset
+from .presets import preset_default
 from .runs import (STAGE_INPUTS, WEIGHTS_FILES, check_built_on, checkpoint_step, continue_run, dependent_stages,
                    inputs_of, remove_stages, train_command, write_text_atomically)
 from .text import prompt_words
@@ -371,13 +371,13 @@ def train_unfinished(name: str, config: Config, run_dir: Path, device: torch.dev
         print(f"stage {name}: finished ({weights}, step {checkpoint_step(weights)}); raise "
               f"--train.{name}_steps to train on")
         return
-    for skipped in [stage for stage in STAGE_INPUTS[name] if getattr(config.train, f"{stage}_steps") == 0]:
-        if not (run_dir / WEIGHTS_FILES[skipped]).is_file():
-            steps_to_ask = getattr(get_preset(config.preset if config.preset in PRESETS else "auto").train,
-                                   f"{skipped}_steps")
-            raise ValueError(f"stage {name} is built on the {skipped} stage, which {run_dir} has not trained: "
-                             f"its config.json keeps train.{skipped}_steps 0; train it with "
-                             f"{train_command(run_dir, f'--train.{skipped}_steps', str(steps_to_ask))}")
+    skipped = [stage for stage in STAGE_INPUTS[name] if getattr(config.train, f"{stage}_steps") == 0
+               and not (run_dir / WEIGHTS_FILES[stage]).is_file()]
+    if skipped:  # the next check would say "not finished" and suggest a command that skips it again
+        option = f"train.{skipped[0]}_steps"
+        raise ValueError(f"stage {name} is built on the {skipped[0]} stage, which {run_dir} has not trained: "
+                         f"its config.json keeps {option} 0; train it with "
+                         f"{train_command(run_dir, f'--{option}', str(preset_default(config.preset, option)))}")
     inputs_of(run_dir, name)  # every stage it is built on is finished, or a clear error
     torch.manual_seed(stage_seed(config.seed, name))  # its initial weights, whatever ran before
     train_stage(STAGES[name](config, run_dir, device), config, run_dir, device)

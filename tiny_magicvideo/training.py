@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from .config import Config
 from .distributed import BatchShare, this_process, wait_for_every_process
-from .presets import PRESETS, get_preset
+from .presets import preset_default
 from .runs import (WEIGHTS_FILES, check_built_on, check_finite, checkpoint_step, fingerprint, inputs_of,
                    load_checkpoint, load_state_dict, save_atomically, state_file, train_command, write_text_atomically)
 
@@ -188,7 +188,7 @@ class StageRun:
 
     def __init__(self, stage: Stage, config: Config, run_dir: Path, device: torch.device):
         self.stage, self.settings, self.run_dir, self.device = stage, config.train, run_dir, device
-        self.preset_settings = get_preset(config.preset) if config.preset in PRESETS else None  # for lower_rate
+        self.preset = config.preset  # whose rates lower_rate knows to train
         self.process = this_process()
         self.model = stage.model.to(device)
         self.optimizer, self.group_options = make_optimizer(stage, self.model, self.settings.weight_decay)
@@ -292,10 +292,7 @@ class StageRun:
 
     def lower_rate(self, option: str) -> float:
         """A rate to try after a divergence: a quarter of this one, and at most the preset's own (which trains)."""
-        rate = self.stage.learning_rates[option] / 4
-        if self.preset_settings is None:
-            return rate
-        return min(rate, getattr(self.preset_settings.train, option.split(".")[1]))
+        return min(self.stage.learning_rates[option] / 4, preset_default(self.preset, option))
 
     def save_state(self, generator_state: torch.Tensor) -> None:
         """state_<stage>.pt at this step (generator_state: the generator before this step's draws)."""
