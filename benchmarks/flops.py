@@ -28,7 +28,7 @@ import dataclasses
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tiny_magicvideo.attention import FrameCache, MultiHeadAttention
+from tiny_magicvideo.attention import FrameCache, explicit_attention
 from tiny_magicvideo.config import Config
 from tiny_magicvideo.models import text_vocabulary
 from tiny_magicvideo.pipeline import TextToVideo
@@ -39,14 +39,6 @@ from tiny_magicvideo.vae import AutoencoderKL
 
 PROMPT = "a red circle moving left"
 GIGA = 1e9
-
-
-def explicit_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Every attention as its spelled-out formula, so that the counter sees its matmuls."""
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            module.fused = False
-    return model
 
 
 def meta_unet(config: Config, channels: int, max_frames: int | None) -> UNet3D:

@@ -1,6 +1,7 @@
 """benchmarks/: the scripts whose output the README quotes."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,13 @@ def test_training_speed_times_every_stage_and_adds_up_the_preset(capsys):
     output = capsys.readouterr().out
     table = [line.split(" | ") for line in output.splitlines() if line.startswith("| ")][1:]
     assert [row[0] for row in table] == ["| vae", "| image", "| video", "| videovae", "| interp"]
-    assert all(float(row[1]) > 0 and row[2] == "not measured" and row[3] == "20" for row in table)  # smoke: 20 each
-    assert "the whole `smoke` preset: about 0.0 hours of training" in output
+    for row in table:  # steps/s, GFLOPs a step, GFLOP/s (their product), share of the peak, memory, smoke's 20 steps
+        steps_per_second, gflops, rate = float(row[1]), float(row[2]), float(row[3])
+        assert steps_per_second > 0 and gflops > 0 and rate == pytest.approx(steps_per_second * gflops, rel=0.02)
+        assert row[4].endswith("%") and row[5] == "not measured" and row[6] == "20"
+    peak = re.search(r"a large matmul (\d+) GFLOP/s, a large convolution (\d+) GFLOP/s", output)
+    assert peak and int(peak[1]) > 0 and int(peak[2]) > 0
+    assert re.search(r"the whole `smoke` preset: about 0\.0 hours \(\d+ minutes\) of training", output)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from tiny_magicvideo import stages
 from tiny_magicvideo.presets import get_preset
 from tiny_magicvideo.runs import checkpoint_step, load_checkpoint, load_weights
-from tiny_magicvideo.training import TrainingDiverged, read_log, train_stage
+from tiny_magicvideo.training import Stage, TrainingDiverged, make_ema, make_optimizer, read_log, train_stage
 from tiny_magicvideo.vae import AutoencoderKL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,36 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_a_tenth():
     assert learning_rate_factor(60, 10, 110) == pytest.approx(0.55)
     assert learning_rate_factor(35, 10, 110) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
     assert learning_rate_factor(110, 10, 110) == pytest.approx(0.1)
+
+
+def test_the_ema_starts_at_the_weights_then_follows_its_formula_with_the_warming_decay():
+    model = torch.nn.Linear(3, 2)
+    ema, expected = make_ema(model, decay=0.9), [p.detach().clone() for p in model.parameters()]
+    for n in range(6):  # n: the updates averaged before this one
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        ema.update_parameters(model)
+        decay = min(0.9, (1 + n) / (10 + n)) if n else 0.0  # the first update copies the weights
+        expected = [e + (1 - decay) * (p.detach() - e) for e, p in zip(expected, model.parameters())]
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ema.module.parameters(), expected))
+
+
+def test_the_fused_adamw_takes_the_steps_of_the_loop_over_parameters():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused, _ = make_optimizer(Stage(name="vae", model=models[0], loss=None, batches=None, num_steps=1,
+                                    learning_rates={"train.vae_learning_rate": 1e-2}), models[0], 0.01)
+    looped = torch.optim.AdamW(models[1].parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(5):
+        x = torch.randn(8, 4)
+        for model, optimizer in zip(models, (fused, looped)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(models[0].parameters(), models[1].parameters()))
 
 
 def test_a_checkpoint_is_kept_only_once_the_next_loss_shows_its_weights_sound(tmp_path):

@@ -95,6 +95,15 @@ class MultiHeadAttention(nn.Module):
         return self.attend(q, k, v, mask)
 
 
+def explicit_attention(model: nn.Module) -> nn.Module:
+    """Every MultiHeadAttention in `model` as its spelled-out formula, in place: FLOP counters
+    (torch.utils.flop_counter) see its two matmuls, where they count PyTorch's fused CPU kernel as 0."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.fused = False
+    return model
+
+
 class FeedForward(nn.Module):
     """Linear -> GELU -> Linear, 4x wider in the middle."""
 

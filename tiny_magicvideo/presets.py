@@ -52,15 +52,17 @@ def paper_preset() -> Config:
     config.unet = UNetConfig(base_channels=32)
     config.diffusion = latent_diffusion()
     # the new layers start at zero and need a larger step than the image stage; 8 clips a step, 64
-    # frames; the fewest steps that keep the shapes and the direction (docs/experiments.md)
-    config.train = TrainConfig(batch_size=32, learning_rate=5e-4, image_steps=4000, video_learning_rate=1e-3,
-                               video_steps=2000, videovae_steps=500)
+    # frames; the fewest steps that keep the shapes and the direction (docs/experiments.md). The
+    # autoencoder (MagicVideo takes Stable Diffusion's, trained elsewhere) and the interp model at
+    # 1,000 steps: half the minutes of 2,000, at 2 dB of reconstruction (docs/experiments.md, issue 38)
+    config.train = TrainConfig(batch_size=32, learning_rate=5e-4, vae_steps=1000, image_steps=4000,
+                               video_learning_rate=1e-3, video_steps=2000, videovae_steps=500, interp_steps=1000)
     return config
 
 
 def cpu_preset() -> Config:
     """The laptop tier: the paper preset plus the changes that made its clips follow the motion words
-    (README, the ladder from paper to cpu); about an hour on 2 cores."""
+    (README, the ladder from paper to cpu); about 50 minutes on 2 cores."""
     config = paper_preset()
     config.preset = config.name = "cpu"
     # the motion words reach the temporal attention directly, and every weight learns the motion

@@ -163,12 +163,13 @@ def learning_rate_factor(step: int, warmup_steps: int, num_steps: int, final: fl
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
-    def average(ema_param, param, num_averaged):
+    def average(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         # decay warms up as (1 + n) / (10 + n) so early averages follow the model closely
         decay_now = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
-        return ema_param + (1.0 - decay_now) * (param - ema_param)
+        # ema <- ema + (1 - decay) (param - ema), every tensor in one call (one loop in C++, not Python)
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay_now)
 
-    return AveragedModel(model, avg_fn=average, use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
 def make_optimizer(stage: Stage, model: nn.Module, weight_decay: float) -> tuple[torch.optim.AdamW, list[str]]:
@@ -179,7 +180,10 @@ def make_optimizer(stage: Stage, model: nn.Module, weight_decay: float) -> tuple
             option = next(iter(stage.learning_rates)) if stage.rate_option is None else stage.rate_option(name)
             options.setdefault(option, []).append(parameter)
     groups = [{"params": parameters, "lr": stage.learning_rates[option]} for option, parameters in options.items()]
-    return torch.optim.AdamW(groups, weight_decay=weight_decay), list(options)
+    # fused: the whole update in one kernel, 4x faster than the loop over parameters on a CPU
+    # (docs/experiments.md, issue 38)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused), list(options)
 
 
 class StageRun:
