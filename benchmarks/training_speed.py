@@ -26,6 +26,7 @@ import tempfile
 import time
 from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ TIMED_FROM = 5  # the first steps allocate memory (and compile): timed from the 
 GIGA = 1e9
 
 
-def seconds_of(run: callable, device: torch.device, repeats: int = 5) -> float:
+def seconds_of(run: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
     """The fastest of `repeats` timings of run(), after one untimed call."""
     run()
     best = float("inf")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{peak['convolution']:.0f} GFLOP/s")
     rows = ["| stage | steps/s | GFLOPs a step | GFLOP/s | share of the peak | peak memory | the preset's steps "
             "| estimated minutes |", "|---|---|---|---|---|---|---|---|"]
-    total_hours = 0.0
+    total_minutes = 0.0
     with tempfile.TemporaryDirectory() as runs_dir:
         for stage in STAGE_ORDER:
             preset_steps = getattr(preset.train, f"{stage}_steps")
@@ -132,11 +133,11 @@ def main(argv: list[str] | None = None) -> None:
             flops = step_flops(stage, config, run_dir, device)
             rate = flops * steps_per_second / GIGA
             minutes = preset_steps / steps_per_second / 60
-            total_hours += minutes / 60
+            total_minutes += minutes
             rows.append(f"| {stage} | {steps_per_second:.3g} | {flops / GIGA:.3g} | {rate:.3g} | {rate / best:.0%} "
                         f"| {memory} | {preset_steps:,} | {minutes:,.1f} |")
     print("\n".join(rows))
-    print(f"the whole `{args.preset}` preset: about {total_hours:.1f} hours ({total_hours * 60:.0f} minutes) "
+    print(f"the whole `{args.preset}` preset: about {total_minutes / 60:.1f} hours ({total_minutes:.0f} minutes) "
           f"of training")
 
 

@@ -165,7 +165,8 @@ def learning_rate_factor(step: int, warmup_steps: int, num_steps: int, final: fl
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     def average(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         # decay warms up as (1 + n) / (10 + n) so early averages follow the model closely
-        decay_now = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
+        n = num_averaged.item()
+        decay_now = min(decay, (1 + n) / (10 + n))
         # ema <- ema + (1 - decay) (param - ema), every tensor in one call (one loop in C++, not Python)
         torch._foreach_lerp_(ema_params, params, 1.0 - decay_now)
 
