@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--out {args.out!r}: use a file name ending in .gif or .mp4")
     try:
         check_writable(out)  # before sampling, not after it
-        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder)
+        pipeline = TextToVideo.from_run(args.run, device=args.device, stage="video", decoder=args.decoder,
+                                        interpolation=args.interpolate is not None)
         result = pipeline(args.prompt, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
                           guidance_scale=args.guidance_scale, fps=args.fps, seed=args.seed, eta=args.eta,
                           sampling=args.sampling, image_model_below=args.image_model_below,

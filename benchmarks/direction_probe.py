@@ -32,7 +32,7 @@ import time
 import torch
 
 from tiny_magicvideo.data import frames_to_video, sample_clip
-from tiny_magicvideo.diffusion import GaussianDiffusion, twin_clip_layout
+from tiny_magicvideo.diffusion import GaussianDiffusion, twin_clip_layout, twin_clips
 from tiny_magicvideo.pipeline import TextToVideo
 from tiny_magicvideo.shapes import MOTIONS, plain_caption
 
@@ -94,11 +94,10 @@ def main() -> None:
         if t_value == steps[0]:
             per_frame = error["true"].mean(dim=(0, 1, 3, 4))  # (T,)
         # the same noisy frames, each beside the clean frames before it
-        twin = torch.cat([latents, x_t], dim=2)  # (B, C, 2T, h, w): the clean clip, then its noisy twin
-        frame_steps = t[:, None].expand(-1, num_frames)  # (B, T)
-        twin_steps = torch.cat([torch.zeros_like(frame_steps), frame_steps], dim=1)  # (B, 2T): step 0, then t
+        # (B, C, 2T-1, h, w): the clean clip but its last frame, then its noisy twin; steps 0, then t
+        twin, twin_steps = twin_clips(latents, x_t, t[:, None].expand(-1, num_frames))
         frame_loss = {name: (unet(twin, twin_steps, *contexts[name], fps=fps, frame_index=frame_index,
-                                  attention_mask=attention_mask)[:, :, num_frames:] - target
+                                  attention_mask=attention_mask)[:, :, num_frames - 1:] - target
                              ).pow(2).mean(dim=(0, 1, 3, 4))  # (T,)
                       for name in ("true", "swapped")}
         gaps = 100 * (frame_loss["swapped"] - frame_loss["true"]) / frame_loss["true"]

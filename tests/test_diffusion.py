@@ -187,14 +187,14 @@ def test_t_min_draws_only_the_noisiest_steps():
 
 
 def test_twin_clip_layout_lets_noisy_frame_k_see_the_clean_past_and_itself():
-    frame_index, mask = twin_clip_layout(4)
-    assert frame_index.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    for query in range(8):
-        for key in range(8):
-            if query < 4:  # clean frame i: clean frames 0..i
+    frame_index, mask = twin_clip_layout(4)  # clean frames 0..2, then noisy frames 0..3
+    assert frame_index.tolist() == [0, 1, 2, 0, 1, 2, 3]
+    for query in range(7):
+        for key in range(7):
+            if query < 3:  # clean frame i: clean frames 0..i
                 allowed = key <= query
-            else:  # noisy frame k: clean frames 0..k-1 and itself
-                allowed = key < query - 4 or key == query
+            else:  # noisy frame k = query - 3: clean frames 0..k-1 and itself
+                allowed = key < query - 3 or key == query
             assert mask[query, key] == allowed, (query, key)
 
 
@@ -206,17 +206,17 @@ def test_twin_training_loss_shows_the_clean_clip_then_its_noisy_twin_a_step_per_
     def model(x, t, frame_index, attention_mask):
         """Predicts 0 (loss = eps^2, about 1) on the noisy twin and an absurd value on the clean clip."""
         seen.append((x, t, frame_index, attention_mask))
-        return torch.cat([torch.full_like(x[:, :, :6], 1e6), torch.zeros_like(x[:, :, 6:])], dim=2)
+        return torch.cat([torch.full_like(x[:, :, :5], 1e6), torch.zeros_like(x[:, :, 5:])], dim=2)
 
     loss = d.twin_training_loss(model, x0, torch.Generator().manual_seed(0), t_min=700)
     ((x, t, frame_index, attention_mask),) = seen
-    assert x.shape == (256, 2, 12, 3, 3) and t.shape == (256, 12)
-    assert torch.equal(x[:, :, :6], x0) and (t[:, :6] == 0).all()  # the clean clip, exactly
-    assert t[:, 6:].min() >= 700 and len(t[0, 6:].unique()) > 1  # the twin: its own step per frame
+    assert x.shape == (256, 2, 11, 3, 3) and t.shape == (256, 11)  # clean frames 0..4, noisy frames 0..5
+    assert torch.equal(x[:, :, :5], x0[:, :, :5]) and (t[:, :5] == 0).all()  # the clean clip, exactly
+    assert t[:, 5:].min() >= 700 and len(t[0, 5:].unique()) > 1  # the twin: its own step per frame
     expected_index, expected_mask = twin_clip_layout(6)
     assert torch.equal(frame_index, expected_index) and torch.equal(attention_mask, expected_mask)
-    abar = d.at(d.alphas_cumprod, t[:, 6:], x0)  # (B, 1, T, 1, 1)
-    leftover_noise = (x[:, :, 6:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # = eps
+    abar = d.at(d.alphas_cumprod, t[:, 5:], x0)  # (B, 1, T, 1, 1)
+    leftover_noise = (x[:, :, 5:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # = eps
     assert abs(leftover_noise.std().item() - 1) < 0.05
     assert 0.8 < loss.item() < 1.2  # the clean clip's absurd predictions are not in the loss
 
@@ -228,10 +228,10 @@ def test_frame1_weight_weighs_frame_1_against_the_other_frames(frame1_weight):
 
     def model(x, t, frame_index, attention_mask):
         """The exact noise of every noisy frame, but 1 too high on frame 1: only frame 1 has a loss, 1."""
-        abar = d.at(d.alphas_cumprod, t[:, 6:], x0)
-        eps = (x[:, :, 6:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # invert q_sample
+        abar = d.at(d.alphas_cumprod, t[:, 5:], x0)
+        eps = (x[:, :, 5:] - abar.sqrt() * x0) / (1 - abar).sqrt()  # invert q_sample
         eps[:, :, 1] += 1
-        return torch.cat([torch.zeros_like(x0), eps], dim=2)
+        return torch.cat([torch.zeros_like(x0[:, :, :5]), eps], dim=2)
 
     loss = d.twin_training_loss(model, x0, torch.Generator().manual_seed(0), frame1_weight=frame1_weight)
     # weighted mean of the frame losses (0, 1, 0, 0, 0, 0) with weights (1, w, 1, 1, 1, 1)

@@ -213,7 +213,8 @@ def test_interpolation_keeps_the_keyframe_clip_and_multiplies_frames_and_frame_r
             pipeline("a red circle", interpolate=stride)
     with pytest.raises(ValueError, match="interpolate=2 fills frames between keyframes: ask for num_frames 2 or more"):
         pipeline("a red circle", num_frames=1, interpolate=2)
-    pipeline.interp_model = None
+    pipeline = TextToVideo.from_run(smoke_run, device="cpu", interpolation=False)  # as sample.py without --interpolate
+    assert pipeline.interp_model is None
     with pytest.raises(ValueError, match="interpolate=2: this pipeline has no frame interpolation model; train the "
                                          "run's interp stage"):
         pipeline("a red circle", interpolate=2)

@@ -5,7 +5,7 @@ import torch
 
 from tiny_magicvideo.attention import SpatialTransformer, TemporalAttention, both_ways
 from tiny_magicvideo.config import UNetConfig
-from tiny_magicvideo.diffusion import twin_clip_layout
+from tiny_magicvideo.diffusion import twin_clip_layout, twin_clips
 from tiny_magicvideo.unet3d import FrameAdaptor, UNet3D, set_trainable, timestep_embedding
 
 TINY = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), num_heads=2)
@@ -162,13 +162,13 @@ def test_each_noisy_twin_frame_gets_exactly_what_frame_by_frame_sampling_gives_i
     clean, noisy = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 4, 8, 8)
     t, context = torch.tensor([[900, 30, 500, 999], [0, 700, 1, 250]]), torch.randn(2, 5, 8)
     frame_index, mask = twin_clip_layout(4)
-    twin = video(torch.cat([clean, noisy], dim=2), torch.cat([torch.zeros_like(t), t], dim=1), context,
-                 fps=FPS, frame_index=frame_index, attention_mask=mask)
+    sequence, steps = twin_clips(clean, noisy, t)  # clean frames 0..2, then noisy frames 0..3
+    twin = video(sequence, steps, context, fps=FPS, frame_index=frame_index, attention_mask=mask)
     for k in range(4):
         clip = torch.cat([clean[:, :, :k], noisy[:, :, k:k + 1]], dim=2)  # (B, C, k + 1, H, W)
         steps = torch.cat([torch.zeros(2, k, dtype=torch.long), t[:, k:k + 1]], dim=1)
         alone = video(clip, steps, context, fps=FPS)
-        assert torch.allclose(twin[:, :, 4 + k], alone[:, :, -1], atol=1e-5), k  # noisy frame k
+        assert torch.allclose(twin[:, :, 3 + k], alone[:, :, -1], atol=1e-5), k  # noisy frame k
         assert torch.allclose(twin[:, :, :k], alone[:, :, :k], atol=1e-5), k  # the clean past
     with pytest.raises(ValueError, match=r"frame_index \[0, 1, 2, 4\]: pass the position in its clip, 0 to 3"):
         video(clean, t, context, fps=FPS, frame_index=torch.tensor([0, 1, 2, 4]))

@@ -129,12 +129,12 @@ class GaussianDiffusion:
         once (train.video_twin_clips).
 
         The model sees each clip x0 (B, C, T, H, W) clean (step 0) followed by its noisy twin x_t, each
-        frame at its own step t_k, as one sequence of 2T frames laid out by twin_clip_layout: noisy
+        frame at its own step t_k, as one sequence of 2T - 1 frames laid out by twin_clip_layout: noisy
         frame k sits at position k and attends to clean frames 0..k-1 and itself only. So it gets what
         frame-by-frame sampling with clean past frames gives frame k (but for the step-0 noise the
         sampler leaves on the finished frames, sqrt(1 - abar_0): 0.006 with the cosine schedule), and
-        the loss covers every noisy frame: T conditionals p(x^k | x^0..x^{k-1}) for the price of 2T
-        frames. (Showing a plain clip's first k frames clean teaches one conditional a clip, and its
+        the loss covers every noisy frame: T conditionals p(x^k | x^0..x^{k-1}) for the price of 2T - 1
+        frames (clean frame T-1, the past of no noisy frame, is left out: twin_clips). (Showing a plain clip's first k frames clean teaches one conditional a clip, and its
         later frames beside noisy ones, which sampling never asks for: docs/experiments.md.)
         model(x, t, frame_index=, attention_mask=) -> prediction, e.g. a closure over UNet3D.
 
@@ -148,10 +148,9 @@ class GaussianDiffusion:
         noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         frame_index, attention_mask = twin_clip_layout(num_frames, x0.device)
-        twin = torch.cat([x0, x_t], dim=2)  # (B, C, 2T, H, W): the clean clip, then its noisy twin
-        steps = torch.cat([torch.zeros_like(t), t], dim=1)  # (B, 2T)
+        twin, steps = twin_clips(x0, x_t, t)  # (B, C, 2T-1, H, W), (B, 2T-1)
         prediction = model(twin, steps, frame_index=frame_index, attention_mask=attention_mask)
-        prediction = prediction[:, :, num_frames:].float()  # the noisy twin's frames
+        prediction = prediction[:, :, num_frames - 1:].float()  # the noisy twin's T frames
         target = noise if self.prediction_type == "epsilon" else self.velocity(x0, t, noise)
         frame_loss = (prediction - target).pow(2).mean(dim=(0, 1, 3, 4))  # (T,): each frame's loss
         weights = torch.ones_like(frame_loss)
@@ -313,26 +312,38 @@ class GaussianDiffusion:
         return x
 
 
+def twin_clips(clean: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean clips (B, C, T, H, W) but their last frame, followed by their noisy twins at steps
+    t (B, T): the sequence (B, C, 2T-1, H, W) and its steps (B, 2T-1), 0 on the clean frames.
+    twin_clip_layout places and masks its frames. Noisy frame k attends to clean frames 0..k-1, so
+    clean frame T-1 would be no noisy frame's past: it is left out, which changes no noisy frame's
+    output (the temporal attention is the only layer that mixes frames) and saves 1 frame in 2T."""
+    twin = torch.cat([clean[:, :, :-1], noisy], dim=2)
+    steps = torch.cat([torch.zeros_like(t[:, :-1]), t], dim=1)
+    return twin, steps
+
+
 def twin_clip_layout(num_frames: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frame_index (2T,), attention_mask (2T, 2T)) for a clean clip of T frames followed by its noisy twin.
+    """(frame_index (2T-1,), attention_mask (2T-1, 2T-1)) for twin_clips: clean frames 0..T-2 of a
+    clip of T frames followed by its noisy twin, frames 0..T-1.
 
-    Each frame sits at its position in the clip, 0..T-1 twice. Clean frame i attends to clean frames
-    0..i (causal, as in a plain clip); noisy frame k to clean frames 0..k-1 and to itself. For T = 3
-    (rows: the attending frame; 1: may attend):
+    Each frame sits at its position in the clip. Clean frame i attends to clean frames 0..i (causal,
+    as in a plain clip); noisy frame k to clean frames 0..k-1 and to itself. For T = 3 (rows: the
+    attending frame; 1: may attend):
 
-              c0 c1 c2 n0 n1 n2
-        c0     1  .  .  .  .  .
-        c1     1  1  .  .  .  .
-        c2     1  1  1  .  .  .
-        n0     .  .  .  1  .  .
-        n1     1  .  .  .  1  .
-        n2     1  1  .  .  .  1
+              c0 c1 n0 n1 n2
+        c0     1  .  .  .  .
+        c1     1  1  .  .  .
+        n0     .  .  1  .  .
+        n1     1  .  .  1  .
+        n2     1  1  .  .  1
     """
-    causal = causal_mask(num_frames, device)  # (T, T): frame i sees frames 0..i
-    nothing = torch.zeros_like(causal)
-    mask = torch.cat([torch.cat([causal, nothing], dim=1),  # clean frames: the clean past and themselves
-                      torch.cat([causal.tril(-1), torch.eye(num_frames, dtype=torch.bool, device=device)], dim=1)])
-    return torch.arange(num_frames, device=device).repeat(2), mask
+    past = num_frames - 1  # clean frames 0..T-2
+    causal = causal_mask(past, device)  # (T-1, T-1): clean frame i sees clean frames 0..i
+    before = torch.ones(num_frames, past, dtype=torch.bool, device=device).tril(-1)  # (T, T-1): noisy k, clean < k
+    mask = torch.cat([torch.cat([causal, torch.zeros(past, num_frames, dtype=torch.bool, device=device)], dim=1),
+                      torch.cat([before, torch.eye(num_frames, dtype=torch.bool, device=device)], dim=1)])
+    return torch.cat([torch.arange(past, device=device), torch.arange(num_frames, device=device)]), mask
 
 
 def clip_windows(clip: torch.Tensor, stride: int) -> torch.Tensor:

@@ -126,12 +126,14 @@ class TextToVideo:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", stage: str | None = None,
-                 decoder: str | None = None) -> "TextToVideo":
+                 decoder: str | None = None, interpolation: bool = True) -> "TextToVideo":
         """Load a run's VAE, text encoder and U-Net (EMA weights) from its directory.
 
         stage: "video" (unet.pt), "image" (unet_image.pt), or None for the video model where the
         run has one and the image model otherwise. decoder: "video" (the VideoVAE, videovae.pt),
         "image" (the image VAE, vae.pt), or None for the VideoVAE where the run has one.
+        interpolation: also load the interp model (interp.pt) where the run has one, for
+        `interpolate`; False skips it (sample.py without --interpolate: half a second saved).
         """
         run_dir = Path(run_dir)
         config = load_run_config(run_dir)
@@ -145,7 +147,7 @@ class TextToVideo:
         if decoder not in ("video", "image"):
             raise ValueError(f"decoder must be 'video' (the VideoVAE) or 'image', got {decoder!r}")
         # weights built on another VAE or image model than the run holds now are refused
-        interp = stage == "video" and (run_dir / WEIGHTS_FILES["interp"]).is_file()
+        interp = interpolation and stage == "video" and (run_dir / WEIGHTS_FILES["interp"]).is_file()
         for used in [stage] + (["videovae"] if decoder == "video" else []) + (["interp"] if interp else []):
             path = run_dir / WEIGHTS_FILES[used]
             if path.is_file():
