@@ -134,8 +134,9 @@ class GaussianDiffusion:
         frame-by-frame sampling with clean past frames gives frame k (but for the step-0 noise the
         sampler leaves on the finished frames, sqrt(1 - abar_0): 0.006 with the cosine schedule), and
         the loss covers every noisy frame: T conditionals p(x^k | x^0..x^{k-1}) for the price of 2T - 1
-        frames (clean frame T-1, the past of no noisy frame, is left out: twin_clips). (Showing a plain clip's first k frames clean teaches one conditional a clip, and its
-        later frames beside noisy ones, which sampling never asks for: docs/experiments.md.)
+        frames (clean frame T-1, the past of no noisy frame, is left out: twin_clips). (Showing a
+        plain clip's first k frames clean teaches one conditional a clip, and its later frames beside
+        noisy ones, which sampling never asks for: docs/experiments.md.)
         model(x, t, frame_index=, attention_mask=) -> prediction, e.g. a closure over UNet3D.
 
         frame1_weight weighs frame 1's loss against the others' (1 each): the loss is the weighted mean

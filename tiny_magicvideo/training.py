@@ -14,6 +14,7 @@ for all of them:
 - sample files every `train.sample_every` steps (what a sample is, the stage decides);
 - checkpoints `state_<stage>.pt` with model, EMA, optimizer, step and random state (runs.py writes
   them atomically), so a resumed run continues exactly where the checkpoint was taken;
+- on Linux, glibc told to keep the memory a step frees for the next one (keep_freed_memory);
 - divergence: a NaN or infinite loss, one over DIVERGENCE_FACTOR times the stage's mean so far, or
   non-finite weights stop the stage; a checkpoint is only written once the next step's loss has
   shown its weights sound, so the one kept is always one to resume from at a lower learning rate.
@@ -199,8 +200,8 @@ def keep_freed_memory() -> bool:
     operating system and hands it back when it is freed, so each step's activations are page-faulted
     in anew, page by page: 27,000 page faults a step in the vae stage. Blocks up to 32 MiB (glibc's
     largest setting) from the heap, and up to 1 GiB of freed memory kept, bring that to 3,500 and the
-    step from about 350 to 300 ms (docs/experiments.md, issue 38); PyTorch's CPU tuning guide swaps in
-    jemalloc or tcmalloc for the same reason. Returns whether the settings took: False off glibc
+    step from about 350 to 300 ms (docs/experiments.md, issue 38); PyTorch's Performance Tuning Guide
+    switches to jemalloc or TCMalloc for the same reason. Returns whether the settings took: False off glibc
     (macOS and Windows have other allocators)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
