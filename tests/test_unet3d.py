@@ -162,8 +162,8 @@ def test_each_noisy_twin_frame_gets_exactly_what_frame_by_frame_sampling_gives_i
     clean, noisy = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 4, 8, 8)
     t, context = torch.tensor([[900, 30, 500, 999], [0, 700, 1, 250]]), torch.randn(2, 5, 8)
     frame_index, mask = twin_clip_layout(4)
-    sequence, steps = twin_clips(clean, noisy, t)  # clean frames 0..2, then noisy frames 0..3
-    twin = video(sequence, steps, context, fps=FPS, frame_index=frame_index, attention_mask=mask)
+    sequence, sequence_steps = twin_clips(clean, noisy, t)  # clean frames 0..2, then noisy frames 0..3
+    twin = video(sequence, sequence_steps, context, fps=FPS, frame_index=frame_index, attention_mask=mask)
     for k in range(4):
         clip = torch.cat([clean[:, :, :k], noisy[:, :, k:k + 1]], dim=2)  # (B, C, k + 1, H, W)
         steps = torch.cat([torch.zeros(2, k, dtype=torch.long), t[:, k:k + 1]], dim=1)
